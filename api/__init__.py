@@ -1,0 +1,1 @@
+"""The ASGI API: routes, SSE/NDJSON encoding, auth and error mapping."""

@@ -1,0 +1,91 @@
+"""The ASGI application: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import tokenrelay
+from api import errors
+from api.errors import error_response
+from api.jobs import router
+from api.state import Relay
+from tokenrelay.settings import Settings
+
+log = structlog.get_logger("tokenrelay.api")
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whether announced or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, f"request body is larger than {self.limit} bytes")
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.api_key_list:
+            log.warning("auth_disabled", hint="set TOKENRELAY_API_KEYS to require bearer keys")
+        app.state.relay = await Relay.open(settings)
+        log.info("api_started", upstreams=sorted(settings.upstreams))
+        try:
+            yield
+        finally:
+            await app.state.relay.aclose()
+
+    app = FastAPI(
+        title="tokenrelay",
+        version=tokenrelay.__version__,
+        summary="Background LLM generations, streamed resumably to many clients.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=True, tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

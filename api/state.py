@@ -1,0 +1,36 @@
+"""What the API's routes share: settings and the Redis-backed services, made at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis.asyncio import Redis
+
+from tokenrelay.fanout import Hub
+from tokenrelay.settings import Settings
+from tokenrelay.streams import EventLog
+
+
+@dataclass
+class Relay:
+    settings: Settings
+    redis: Redis
+    events: EventLog
+    hub: Hub
+    queue: ArqRedis
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Relay:
+        redis = Redis.from_url(settings.redis_url)
+        events = EventLog(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
+        # The hub's reader keeps its one connection blocked in XREAD: it gets a client of its own.
+        hub = Hub(events, Redis.from_url(settings.redis_url, single_connection_client=True))
+        hub.start()
+        queue = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+        return cls(settings, redis, events, hub, queue)
+
+    async def aclose(self) -> None:
+        await self.hub.aclose()
+        await self.queue.aclose()
+        await self.redis.aclose()

@@ -1,0 +1,81 @@
+"""The one exception tree of tokenrelay.
+
+    RelayError
+    ├── UpstreamError                 a model endpoint failed; ``error_type`` names the event type
+    │   ├── UpstreamUnavailable       connection refused, DNS, connection dropped before a byte
+    │   ├── UpstreamStatus            an HTTP error status (``status``, ``body``)
+    │   ├── UpstreamTimeout           connect, first-token, idle or whole-job deadline passed
+    │   ├── UpstreamProtocol          the endpoint sent something its wire format does not allow
+    │   └── UpstreamReportedError     the endpoint sent an error event mid-stream
+    ├── JobNotFound                   no such job (or not yours, or expired)
+    ├── InvalidEventId                a resume point that is malformed or was never issued
+    ├── EventIdExpired                a resume point older than what is still kept
+    └── Fenced                        this attempt no longer owns the job (cancelled or taken over)
+
+``UpstreamError`` subclasses carry ``retryable``: whether trying again could succeed.
+"""
+
+from __future__ import annotations
+
+from tokenrelay.events import ErrorType
+
+
+class RelayError(Exception):
+    """Base of every error tokenrelay raises on purpose."""
+
+
+class UpstreamError(RelayError):
+    error_type: ErrorType = "upstream_error"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class UpstreamUnavailable(UpstreamError):
+    error_type = "upstream_unavailable"
+    retryable = True
+
+
+class UpstreamStatus(UpstreamError):
+    error_type = "upstream_error"
+
+    def __init__(self, status: int, body: str) -> None:
+        retryable = status == 429 or status >= 500
+        super().__init__(f"upstream answered HTTP {status}: {body[:300]!r}", retryable=retryable)
+        self.status = status
+        self.body = body
+
+
+class UpstreamTimeout(UpstreamError):
+    error_type = "upstream_timeout"
+    retryable = True
+
+
+class UpstreamProtocol(UpstreamError):
+    error_type = "upstream_protocol"
+
+
+class UpstreamReportedError(UpstreamError):
+    error_type = "upstream_error"
+
+
+class JobNotFound(RelayError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r}")
+        self.job_id = job_id
+
+
+class InvalidEventId(RelayError):
+    pass
+
+
+class EventIdExpired(RelayError):
+    pass
+
+
+class Fenced(RelayError):
+    """The job's status hash names another owner: stop publishing at once."""

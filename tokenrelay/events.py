@@ -1,0 +1,119 @@
+"""The stream event schema, event ids and the Redis key names: defined here and nowhere else."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+import orjson
+
+EventType: TypeAlias = Literal["start", "delta", "tool_call", "usage", "error", "end"]
+EVENT_TYPES: frozenset[str] = frozenset({"start", "delta", "tool_call", "usage", "error", "end"})
+
+JobStatus: TypeAlias = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+FinishReason: TypeAlias = Literal["stop", "length", "tool_calls", "cancelled", "error"]
+ErrorType: TypeAlias = Literal[
+    "upstream_unavailable",
+    "upstream_error",
+    "upstream_timeout",
+    "upstream_protocol",
+    "invalid_request",
+    "worker_lost",
+    "internal",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a job's event stream, as published and as read back.
+
+    ``id`` is the Redis stream entry id (``"<ms>-<seq>"``); it is ``""`` until published.
+    """
+
+    type: EventType
+    data: dict[str, Any]
+    id: str = ""
+
+    def encoded_data(self) -> bytes:
+        return orjson.dumps(self.data)
+
+
+def status_for(finish_reason: str) -> JobStatus:
+    """The job status a stream ending with ``finish_reason`` leaves behind."""
+    if finish_reason == "cancelled":
+        return "cancelled"
+    if finish_reason == "error":
+        return "failed"
+    return "succeeded"
+
+
+# --- event ids --------------------------------------------------------------------------------
+
+_EVENT_ID = re.compile(r"^(\d{1,19})-(\d{1,19})$")
+_MAX_U64 = 2**64 - 1
+
+
+class EventId(tuple[int, int]):
+    """A Redis stream id as a comparable pair; ``EventId.parse`` rejects anything else."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, raw: str) -> EventId:
+        """Parse ``"<ms>-<seq>"``; raise ``ValueError`` for anything else."""
+        match = _EVENT_ID.match(raw)
+        if match is None:
+            raise ValueError(f"malformed event id {raw!r}")
+        ms, seq = int(match[1]), int(match[2])
+        if ms > _MAX_U64 or seq > _MAX_U64:
+            raise ValueError(f"malformed event id {raw!r}")
+        return cls((ms, seq))
+
+    def __str__(self) -> str:
+        return f"{self[0]}-{self[1]}"
+
+
+ZERO_ID = EventId((0, 0))
+
+
+# --- Redis keys -------------------------------------------------------------------------------
+# All keys of one job share the hash tag ``{job_id}`` so they live in one Redis Cluster slot.
+
+KEY_PREFIX = "tr"
+
+
+def events_key(job_id: str) -> str:
+    """The job's event stream."""
+    return f"{KEY_PREFIX}:{{{job_id}}}:events"
+
+
+def job_key(job_id: str) -> str:
+    """The job's status hash."""
+    return f"{KEY_PREFIX}:{{{job_id}}}:job"
+
+
+def text_key(job_id: str) -> str:
+    """The job's text so far (a string grown with APPEND)."""
+    return f"{KEY_PREFIX}:{{{job_id}}}:text"
+
+
+def job_keys(job_id: str) -> tuple[str, str, str]:
+    """The three keys of a job, in the order the Lua scripts take them."""
+    return events_key(job_id), job_key(job_id), text_key(job_id)
+
+
+def idempotency_key(scope: str, key_digest: str) -> str:
+    return f"{KEY_PREFIX}:idem:{scope}:{key_digest}"
+
+
+WAKE_CHANNEL = f"{KEY_PREFIX}:wake"
+"""Pub/sub channel the API publishes to after enqueueing, so idle workers start jobs at once."""
+
+CANCEL_CHANNEL = f"{KEY_PREFIX}:cancel"
+"""Pub/sub channel carrying the ids of jobs to cancel; every worker listens."""
+
+JOB_FUNCTION = "generate"
+"""The arq function name of a generation job."""

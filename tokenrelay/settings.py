@@ -1,0 +1,85 @@
+"""Configuration from the environment (prefix ``TOKENRELAY_``), validated once at start."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, HttpUrl, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+UpstreamKind = Literal["openai", "ollama", "sse"]
+
+
+class UpstreamConfig(BaseModel):
+    """One configured model endpoint. Clients name it; they never send a URL."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    kind: UpstreamKind
+    base_url: HttpUrl
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(
+        default=300.0, gt=0, description="connect and idle (between-token) timeout"
+    )
+    default_model: str | None = None
+
+    @property
+    def url(self) -> str:
+        return str(self.base_url).rstrip("/")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOKENRELAY_", extra="ignore", frozen=True)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
+    default_upstream: str | None = None
+    api_keys: SecretStr = SecretStr("")
+    stream_ttl_s: int = Field(default=86400, gt=0)
+
+    # Additions to the contract's table, documented in docs/configuration.md.
+    job_timeout_s: float = Field(default=3600.0, gt=0, description="whole-job deadline")
+    max_jobs_per_worker: int = Field(default=256, gt=0)
+    stream_maxlen: int = Field(default=100_000, gt=0, description="events kept per job (MAXLEN ~)")
+    keepalive_s: float = Field(default=15.0, gt=0, le=15.0)
+    queue_poll_s: float = Field(
+        default=1.0, gt=0, description="fallback queue poll when no wake-up"
+    )
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("TOKENRELAY_REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_default_upstream(self) -> Settings:
+        if self.default_upstream is not None and self.default_upstream not in self.upstreams:
+            raise ValueError(
+                f"TOKENRELAY_DEFAULT_UPSTREAM names {self.default_upstream!r}, "
+                f"which is not in TOKENRELAY_UPSTREAMS ({sorted(self.upstreams)})"
+            )
+        return self
+
+    @property
+    def unfinished_ttl_s(self) -> int:
+        """How long a job that has not ended keeps its keys: longer than any job can take,
+        so nothing lives forever even if every worker vanished."""
+        return self.stream_ttl_s + int(self.job_timeout_s) + 86400
+
+    @property
+    def resolved_default_upstream(self) -> str | None:
+        if self.default_upstream is not None:
+            return self.default_upstream
+        if len(self.upstreams) == 1:
+            return next(iter(self.upstreams))
+        return None
+
+    @property
+    def api_key_list(self) -> tuple[str, ...]:
+        raw = self.api_keys.get_secret_value()
+        return tuple(key.strip() for key in raw.split(",") if key.strip())

@@ -1,0 +1,351 @@
+"""EventLog: a job's events on a Redis Stream, its status hash and text, read and written.
+
+Writes go through ``EventWriter``: one per process, it coalesces whatever every job published
+while the previous write was in flight into one pipelined round trip of atomic Lua appends.
+Each event stays its own stream entry, so resuming stays exact per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, cast
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tokenrelay.errors import EventIdExpired, Fenced, InvalidEventId, JobNotFound
+from tokenrelay.events import (
+    TERMINAL_STATUSES,
+    ZERO_ID,
+    EventId,
+    EventType,
+    events_key,
+    job_key,
+    job_keys,
+    text_key,
+)
+
+log = structlog.get_logger("tokenrelay.streams")
+
+_LUA = resources.files("tokenrelay") / "lua"
+APPEND_LUA = (_LUA / "append.lua").read_text()
+CLAIM_LUA = (_LUA / "claim.lua").read_text()
+FINISH_QUEUED_LUA = (_LUA / "finish_queued.lua").read_text()
+
+MAX_EVENTS_PER_CALL = 512
+"""A long batch is split so one Lua call never holds Redis for long."""
+
+RETRY_WINDOW_S = 30.0
+"""How long a write is retried through a Redis outage before the job is failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as read back: its data stays the JSON bytes that were written."""
+
+    id: str
+    type: str
+    data: bytes
+
+    def json(self) -> dict[str, Any]:
+        value = orjson.loads(self.data)
+        assert isinstance(value, dict)
+        return value
+
+
+def _decode_entries(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> list[StoredEvent]:
+    return [
+        StoredEvent(eid.decode(), fields[b"t"].decode(), fields[b"d"]) for eid, fields in entries
+    ]
+
+
+class EventLog:
+    """Reads and small writes of job state. ``redis`` must not decode responses."""
+
+    def __init__(self, redis: Redis, *, ttl_s: int, maxlen: int) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+        self.maxlen = maxlen
+        self._claim = redis.register_script(CLAIM_LUA)
+        self._finish_queued = redis.register_script(FINISH_QUEUED_LUA)
+
+    # -- job state -------------------------------------------------------------------------
+
+    async def create_job(self, job_id: str, fields: Mapping[str, str], *, ttl_s: int) -> None:
+        """Write a new job's status hash (before it is enqueued)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(job_key(job_id), mapping=dict(fields))
+            pipe.expire(job_key(job_id), ttl_s)
+            await pipe.execute()
+
+    async def get_job(self, job_id: str) -> tuple[dict[str, str], str] | None:
+        """The status hash and text of a job, read together; None if unknown."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(job_key(job_id))
+            pipe.get(text_key(job_id))
+            raw, text = await pipe.execute()
+        if not raw:
+            return None
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        return fields, (text or b"").decode()
+
+    async def job_fields(self, job_id: str, *names: str) -> list[str | None]:
+        values = await cast(
+            "Awaitable[list[bytes | None]]", self.redis.hmget(job_key(job_id), list(names))
+        )
+        return [None if value is None else value.decode() for value in values]
+
+    async def job_field(self, job_id: str, name: str) -> str | None:
+        value = await cast("Awaitable[bytes | None]", self.redis.hget(job_key(job_id), name))
+        return None if value is None else value.decode()
+
+    async def claim(
+        self, job_id: str, owner: str, now: str, *, takeover: bool, safety_ttl_s: int
+    ) -> tuple[int, int] | str:
+        """Take the job for an attempt: ``(attempt, events so far)``, or the status that bars it."""
+        attempt, second = await self._claim(
+            keys=list(job_keys(job_id)), args=[owner, now, "1" if takeover else "0", safety_ttl_s]
+        )
+        if attempt == 0:
+            return second.decode() if isinstance(second, bytes) else str(second)
+        return int(attempt), int(second)
+
+    async def finish_queued(self, job_id: str, now: str, end_data: Mapping[str, Any]) -> bool:
+        """End a job no worker has taken, with one ``end`` event. False if a worker has it."""
+        done = await self._finish_queued(
+            keys=list(job_keys(job_id)),
+            args=[now, self.ttl_s, orjson.dumps(dict(end_data)), self.maxlen],
+        )
+        return bool(done)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def read(self, job_id: str, after: EventId, count: int = 1000) -> list[StoredEvent]:
+        """Up to ``count`` events strictly after ``after``, oldest first."""
+        entries = await self.redis.xrange(events_key(job_id), min=f"({after}", max="+", count=count)
+        return _decode_entries(entries)
+
+    async def last_id(self, job_id: str) -> EventId:
+        """The newest event id of the job, or ``0-0`` when it has none yet."""
+        entries = await self.redis.xrevrange(events_key(job_id), count=1)
+        return EventId.parse(entries[0][0].decode()) if entries else ZERO_ID
+
+    async def check_resume_point(self, job_id: str, after: EventId) -> None:
+        """Raise unless ``after`` is a resume point the job can serve exactly.
+
+        ``InvalidEventId`` if no event with that id or later was ever issued for the job;
+        ``EventIdExpired`` if events after it have been trimmed away.
+        """
+        if after == ZERO_ID:
+            return
+        try:
+            info = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "XINFO", "STREAM", events_key(job_id)
+            )
+        except ResponseError:  # no such key: the job has no events yet
+            raise InvalidEventId(f"event id {str(after)!r} was never issued for this job") from None
+        info_map = {info[i].decode(): info[i + 1] for i in range(0, len(info), 2)}
+        last = EventId.parse(info_map["last-generated-id"].decode())
+        if after > last:
+            raise InvalidEventId(f"event id {str(after)!r} was never issued for this job")
+        deleted = info_map.get("max-deleted-entry-id")
+        if deleted is not None and after < EventId.parse(deleted.decode()):
+            raise EventIdExpired(f"events after {str(after)!r} are no longer kept")
+
+    async def require_job(self, job_id: str) -> dict[str, str]:
+        raw = await cast("Awaitable[dict[bytes, bytes]]", self.redis.hgetall(job_key(job_id)))
+        if not raw:
+            raise JobNotFound(job_id)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def is_terminal(fields: Mapping[str, str]) -> bool:
+    return fields.get("status") in TERMINAL_STATUSES
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Batch:
+    job_id: str
+    owner: str
+    seq: int
+    done: asyncio.Future[str]
+    events: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+    final_ttl: int = 0
+
+    def args(self, maxlen: int, safety_ttl: int) -> list[Any]:
+        argv: list[Any] = [
+            self.owner,
+            self.seq,
+            maxlen,
+            self.final_ttl,
+            safety_ttl,
+            len(self.fields),
+        ]
+        for name, value in self.fields.items():
+            argv += (name, value)
+        for triple in self.events:
+            argv += triple
+        return argv
+
+
+class EventWriter:
+    """Coalesces the appends of every job in this process into pipelined round trips.
+
+    ``JobStream.publish`` never waits for Redis. Order per job is kept: a job has at most one
+    open batch, batches are written in the order they were opened, and rounds run one at a time.
+    """
+
+    def __init__(self, redis: Redis, *, maxlen: int, safety_ttl_s: int) -> None:
+        self.redis = redis
+        self.maxlen = maxlen
+        self.safety_ttl_s = safety_ttl_s
+        self._script = redis.register_script(APPEND_LUA)
+        self._queue: list[_Batch] = []
+        self._open: dict[str, _Batch] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.rounds = 0
+        self.events_written = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="tokenrelay-event-writer")
+
+    async def aclose(self) -> None:
+        """Write what is queued, then stop."""
+        if self._task is None:
+            return
+        if self._queue:
+            await asyncio.wait([self._queue[-1].done], timeout=RETRY_WINDOW_S)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    def stream(self, job_id: str, owner: str, seq: int) -> JobStream:
+        return JobStream(self, job_id, owner, seq)
+
+    def _batch(self, job_id: str, owner: str, seq: int) -> _Batch:
+        batch = self._open.get(job_id)
+        if batch is None or len(batch.events) >= MAX_EVENTS_PER_CALL or batch.final_ttl:
+            batch = _Batch(job_id, owner, seq, asyncio.get_running_loop().create_future())
+            self._open[job_id] = batch
+            self._queue.append(batch)
+            self._wake.set()
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batches, self._queue, self._open = self._queue, [], {}
+            if batches:
+                await self._write(batches)
+
+    async def _write(self, batches: list[_Batch]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETRY_WINDOW_S
+        delay = 0.05
+        while True:
+            try:
+                results = await self._execute(batches)
+                break
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if loop.time() + delay > deadline:
+                    results = [exc] * len(batches)
+                    break
+                log.warning("event_write_retry", error=type(exc).__name__, delay_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.rounds += 1
+        for batch, result in zip(batches, results, strict=True):
+            if batch.done.done():
+                continue
+            if isinstance(result, BaseException):
+                fenced = isinstance(result, ResponseError) and "FENCED" in str(result)
+                batch.done.set_exception(Fenced(str(result)) if fenced else result)
+            else:
+                self.events_written += len(batch.events)
+                batch.done.set_result(result.decode() if isinstance(result, bytes) else str(result))
+
+    async def _execute(self, batches: list[_Batch]) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch in batches:
+                keys = job_keys(batch.job_id)
+                argv = batch.args(self.maxlen, self.safety_ttl_s)
+                pipe.evalsha(self._script.sha, len(keys), *keys, *argv)
+            results = await pipe.execute(raise_on_error=False)
+        if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted: load and redo
+            await self.redis.script_load(APPEND_LUA)
+            return await self._execute(batches)
+        return list(results)
+
+
+class JobStream:
+    """One attempt's writer of a job's events. Not safe to share between tasks."""
+
+    def __init__(self, writer: EventWriter, job_id: str, owner: str, seq: int) -> None:
+        self._writer = writer
+        self.job_id = job_id
+        self.owner = owner
+        self.seq = seq
+        self.failed: BaseException | None = None
+        self._last: asyncio.Future[str] | None = None
+
+    def publish(
+        self,
+        type_: EventType,
+        data: Mapping[str, Any],
+        *,
+        text: str = "",
+        fields: Mapping[str, str] | None = None,
+    ) -> None:
+        """Queue one event (and status-hash fields to set with it); returns at once.
+
+        Raises what an earlier write of this stream raised (``Fenced``, a Redis error).
+        """
+        if self.failed is not None:
+            raise self.failed
+        batch = self._writer._batch(self.job_id, self.owner, self.seq)
+        batch.events.append((type_.encode(), orjson.dumps(dict(data)), text.encode()))
+        if fields:
+            batch.fields.update(fields)
+        self.seq += 1
+        if batch.done is not self._last:
+            batch.done.add_done_callback(self._on_written)
+            self._last = batch.done
+
+    def _on_written(self, done: asyncio.Future[str]) -> None:
+        if not done.cancelled() and done.exception() is not None and self.failed is None:
+            self.failed = done.exception()
+
+    async def finish(self, data: Mapping[str, Any], fields: Mapping[str, str], ttl_s: int) -> str:
+        """Publish the ``end`` event with the final status fields and wait until all is written.
+
+        Returns the id of the ``end`` event; raises what the writes raised (``Fenced`` if the
+        job was taken from this attempt). The job's keys then expire after ``ttl_s``.
+        """
+        self.publish("end", data, fields=fields)
+        self._writer._open[self.job_id].final_ttl = ttl_s
+        return await self.flush()
+
+    async def flush(self) -> str:
+        """Wait until everything published so far is written; return the last event id."""
+        if self._last is None:
+            return ""
+        last_id = await asyncio.shield(self._last)
+        if self.failed is not None:
+            raise self.failed
+        return last_id

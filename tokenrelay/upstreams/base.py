@@ -1,0 +1,160 @@
+"""What every upstream adapter yields and takes, and the HTTP plumbing they share."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeAlias
+
+import httpx
+import orjson
+
+from tokenrelay.errors import UpstreamProtocol, UpstreamStatus, UpstreamTimeout, UpstreamUnavailable
+from tokenrelay.settings import UpstreamConfig
+
+MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A fragment of a tool call: the first of a call carries ``id`` and ``name``."""
+
+    index: int
+    arguments: str
+    id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: str  # "stop" | "length" | "tool_calls"
+
+
+Chunk: TypeAlias = TextDelta | ToolCallDelta | Usage | Finish
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """What a job asks of a model endpoint, independent of wire format."""
+
+    model: str | None
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    tools: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Upstream(Protocol):
+    """A model endpoint of one wire format.
+
+    ``stream`` yields chunks as they arrive; closing the iterator (``aclose``) closes the
+    upstream request. Failures raise ``UpstreamError`` subclasses, never httpx exceptions.
+    """
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]: ...
+
+
+def headers_for(config: UpstreamConfig) -> dict[str, str]:
+    headers = {"accept": "text/event-stream, application/x-ndjson, application/json"}
+    if config.api_key is not None:
+        headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
+    return headers
+
+
+def clean_text(text: str) -> str:
+    """Replace lone surrogates (legal in JSON escapes, not in UTF-8) with U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+def drop_none(payload: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in payload.items() if value is not None}
+
+
+def parse_json(raw: str, what: str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamProtocol(f"upstream sent a {what} that is not JSON: {raw[:200]!r}") from exc
+
+
+@contextlib.asynccontextmanager
+async def open_stream(
+    client: httpx.AsyncClient, config: UpstreamConfig, path: str, payload: dict[str, Any]
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """POST ``payload`` and yield the response body's byte chunks, errors translated.
+
+    Raises ``UpstreamStatus`` for an error status (with up to 64 KiB of its body),
+    ``UpstreamUnavailable`` / ``UpstreamTimeout`` for transport failures, also mid-body.
+    """
+    timeout = httpx.Timeout(config.timeout_s)
+    try:
+        async with client.stream(
+            "POST",
+            f"{config.url}{path}",
+            content=orjson.dumps(payload),
+            headers={**headers_for(config), "content-type": "application/json"},
+            timeout=timeout,
+        ) as response:
+            if response.status_code >= 400:
+                body = b""
+                async for part in response.aiter_raw():
+                    body += part
+                    if len(body) > MAX_ERROR_BODY:
+                        break
+                raise UpstreamStatus(response.status_code, _error_message(body))
+            yield _translated(response.aiter_raw())
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"upstream timed out ({type(exc).__name__})") from exc
+    except httpx.TransportError as exc:
+        raise UpstreamUnavailable(f"upstream connection failed ({type(exc).__name__})") from exc
+
+
+async def _translated(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    # Errors while reading the body surface inside the caller's loop, not at open_stream's
+    # ``except``; translate them here so adapters only ever see UpstreamError.
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"upstream went silent ({type(exc).__name__})") from exc
+    except httpx.TransportError as exc:
+        raise UpstreamUnavailable(f"upstream connection lost ({type(exc).__name__})") from exc
+
+
+def _error_message(body: bytes) -> str:
+    """The message of an OpenAI- or Ollama-style JSON error body, else the body's start."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:500].decode("utf-8", "replace")
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    return body[:500].decode("utf-8", "replace")

@@ -1,0 +1,90 @@
+"""Ollama's NDJSON streaming API: ``/api/chat`` (messages) and ``/api/generate`` (prompt)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from tokenrelay.errors import UpstreamProtocol, UpstreamReportedError
+from tokenrelay.settings import UpstreamConfig
+from tokenrelay.upstreams._lines import aiter_lines
+from tokenrelay.upstreams.base import (
+    Chunk,
+    Finish,
+    GenerationRequest,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    clean_text,
+    drop_none,
+    open_stream,
+    parse_json,
+)
+
+
+class OllamaUpstream:
+    def __init__(self, client: httpx.AsyncClient, config: UpstreamConfig) -> None:
+        self.client = client
+        self.config = config
+
+    def payload(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
+        options = drop_none(
+            {
+                "temperature": request.temperature,
+                "top_p": request.top_p,
+                "num_predict": request.max_tokens,
+                "seed": request.seed,
+                "stop": list(request.stop) or None,
+            }
+        )
+        body: dict[str, Any] = {"model": request.model, "stream": True}
+        if options:
+            body["options"] = options
+        if request.messages is not None:
+            body["messages"] = request.messages
+            if request.tools:
+                body["tools"] = request.tools
+            return "/api/chat", body
+        body["prompt"] = request.prompt
+        return "/api/generate", body
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        path, body = self.payload(request)
+        tool_index = 0
+        async with open_stream(self.client, self.config, path, body) as chunks:
+            async for line in aiter_lines(chunks):
+                obj = parse_json(line, "line")
+                if not isinstance(obj, dict):
+                    raise UpstreamProtocol(
+                        f"upstream sent a line that is not an object: {line[:200]!r}"
+                    )
+                if "error" in obj:
+                    raise UpstreamReportedError(f"upstream error: {obj['error']!s}")
+                message = obj.get("message") or {}
+                text = message.get("content") if "message" in obj else obj.get("response")
+                if text:
+                    yield TextDelta(clean_text(str(text)))
+                for call in message.get("tool_calls") or []:
+                    function = call.get("function") or {}
+                    arguments = function.get("arguments", {})
+                    yield ToolCallDelta(
+                        index=tool_index,
+                        id=call.get("id") or f"call_{tool_index}",
+                        name=function.get("name"),
+                        arguments=arguments
+                        if isinstance(arguments, str)
+                        else orjson.dumps(arguments).decode(),
+                    )
+                    tool_index += 1
+                if obj.get("done"):
+                    prompt_tokens = obj.get("prompt_eval_count")
+                    completion_tokens = obj.get("eval_count")
+                    if isinstance(prompt_tokens, int) and isinstance(completion_tokens, int):
+                        yield Usage(prompt_tokens, completion_tokens)
+                    reason = obj.get("done_reason") or "stop"
+                    yield Finish("tool_calls" if tool_index else str(reason))
+                    return
+        raise UpstreamProtocol("upstream stream ended without a final object with done: true")

@@ -1,0 +1,1 @@
+"""The worker: arq settings, the generate job, cancellation and stop sequences."""

@@ -1,0 +1,340 @@
+"""The generate job: one attempt of a job, from claim to the one ``end`` event."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+
+from tokenrelay.errors import Fenced, UpstreamError
+from tokenrelay.events import ErrorType, FinishReason, status_for
+from tokenrelay.settings import Settings
+from tokenrelay.streams import EventLog, EventWriter, JobStream
+from tokenrelay.upstreams import make_upstream
+from tokenrelay.upstreams.base import (
+    Finish,
+    GenerationRequest,
+    TextDelta,
+    ToolCallDelta,
+    Upstream,
+    Usage,
+)
+from worker.stops import StopFilter
+
+log = structlog.get_logger("tokenrelay.worker")
+
+FINISH_REASONS: frozenset[str] = frozenset({"stop", "length", "tool_calls"})
+END_WRITE_TIMEOUT_S = 10.0
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def request_from_job(raw: Mapping[str, Any]) -> GenerationRequest:
+    """The upstream request a job's stored ``request`` JSON asks for."""
+    options = raw.get("options") or {}
+    return GenerationRequest(
+        model=raw.get("model"),
+        messages=raw.get("messages"),
+        prompt=raw.get("prompt"),
+        temperature=options.get("temperature"),
+        top_p=options.get("top_p"),
+        max_tokens=options.get("max_tokens"),
+        seed=options.get("seed"),
+        stop=tuple(options.get("stop") or ()),
+        tools=list(raw.get("tools") or []),
+    )
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token: what usage says when the upstream sent none."""
+    return math.ceil(len(text) / 4)
+
+
+@dataclass
+class _Outcome:
+    finish_reason: FinishReason = "stop"
+    error: dict[str, Any] | None = None
+    usage: Usage | None = None
+    text_chunks: int = 0
+    deltas: int = 0
+    text_chars: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+class JobRunner:
+    """Runs generate jobs in a worker process; holds what they share."""
+
+    def __init__(self, settings: Settings, events: EventLog, writer: EventWriter) -> None:
+        self.settings = settings
+        self.events = events
+        self.writer = writer
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            follow_redirects=False,
+        )
+        self.upstreams: dict[str, Upstream] = {
+            name: make_upstream(self.client, config) for name, config in settings.upstreams.items()
+        }
+        self.worker_id = f"{os.uname().nodename}:{os.getpid()}"
+        self._active: set[str] = set()
+        self._cancel_requested: set[str] = set()
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def cancel(self, job_id: str) -> bool:
+        """Abort the job's upstream request if it runs here; the job then ends ``cancelled``."""
+        if job_id not in self._active:
+            return False
+        self._cancel_requested.add(job_id)
+        pump = self._pumps.get(job_id)
+        if pump is not None:
+            pump.cancel()
+        return True
+
+    async def run(self, job_id: str, job_try: int = 1) -> None:
+        """Run one attempt of the job. Publishes ``start`` ... ``end`` unless the job is not
+        runnable (gone, cancelled while queued, finished), in which case it does nothing."""
+        structlog.contextvars.bind_contextvars(job_id=job_id)
+        try:
+            await self._run(job_id, job_try)
+        finally:
+            structlog.contextvars.unbind_contextvars("job_id", "upstream", "model", "attempt")
+
+    async def _run(self, job_id: str, job_try: int) -> None:
+        found = await self.events.get_job(job_id)
+        if found is None:
+            log.warning("job_missing")
+            return
+        fields, _ = found
+        raw = orjson.loads(fields["request"])
+        upstream_name, model = fields["upstream"], fields.get("model") or None
+        owner = f"{self.worker_id}:{secrets.token_hex(6)}"
+        # Register before claiming, so a cancel that follows the claim always finds the job.
+        self._active.add(job_id)
+        stream: JobStream | None = None
+        try:
+            claimed = await self.events.claim(
+                job_id,
+                owner,
+                now_rfc3339(),
+                takeover=job_try > 1,
+                safety_ttl_s=self.settings.unfinished_ttl_s,
+            )
+            if isinstance(claimed, str):
+                log.info("job_skipped", status=claimed)
+                return
+            attempt, seq = claimed
+            structlog.contextvars.bind_contextvars(
+                upstream=upstream_name, model=model, attempt=attempt
+            )
+            stream = self.writer.stream(job_id, owner, seq)
+            stream.publish(
+                "start",
+                {"job_id": job_id, "upstream": upstream_name, "model": model, "attempt": attempt},
+            )
+            if attempt > 1:
+                # The attempt before died mid-stream; its readers saw part of an answer.
+                await self._end(stream, _lost_outcome())
+                return
+            if await self.events.job_field(job_id, "cancel_requested"):
+                self._cancel_requested.add(job_id)
+            outcome = await self._attempt(job_id, stream, upstream_name, raw)
+            await self._end(stream, outcome)
+        except Fenced:
+            log.info("job_fenced")
+        except asyncio.CancelledError:
+            # The worker is stopping under this job: still end the stream, once, if we can.
+            if stream is not None and stream.failed is None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2):
+                        await self._end(stream, _lost_outcome("the worker stopped mid-job"))
+            raise
+        finally:
+            self._active.discard(job_id)
+            self._cancel_requested.discard(job_id)
+            self._pumps.pop(job_id, None)
+
+    async def _attempt(
+        self, job_id: str, stream: JobStream, upstream_name: str, raw: Mapping[str, Any]
+    ) -> _Outcome:
+        outcome = _Outcome()
+        upstream = self.upstreams.get(upstream_name)
+        if upstream is None:
+            outcome.finish_reason = "error"
+            outcome.error = _error(
+                "invalid_request",
+                f"upstream {upstream_name!r} is not configured on this worker",
+                False,
+            )
+            return outcome
+        request = request_from_job(raw)
+        stops = StopFilter(request.stop)
+        if job_id in self._cancel_requested:
+            outcome.finish_reason = "cancelled"
+            return outcome
+        log.info("upstream_stream_started")
+        pump = asyncio.create_task(self._pump(upstream, request, stream, stops, outcome))
+        self._pumps[job_id] = pump
+        try:
+            async with asyncio.timeout(self.settings.job_timeout_s):
+                await pump
+        except UpstreamError as exc:
+            outcome.finish_reason = "error"
+            outcome.error = _error(
+                exc.error_type, exc.message, exc.retryable, getattr(exc, "status", None)
+            )
+        except TimeoutError:
+            outcome.finish_reason = "error"
+            outcome.error = _error(
+                "upstream_timeout",
+                f"job deadline of {self.settings.job_timeout_s:g} s passed",
+                False,
+            )
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            outer = task is not None and task.cancelling() > 0
+            if outer or job_id not in self._cancel_requested:
+                raise  # the worker itself is stopping
+            outcome.finish_reason = "cancelled"
+            log.info("job_cancelled")
+        if outcome.finish_reason != "stop" or not stops.stopped:
+            self._delta(stream, outcome, stops.flush())
+        if outcome.usage is None and outcome.text_chunks:
+            prompt_text = request.prompt or orjson.dumps(request.messages or []).decode()
+            outcome.usage = Usage(estimate_tokens(prompt_text), outcome.text_chunks)
+            outcome_source = "estimated"
+        else:
+            outcome_source = "upstream"
+        if outcome.usage is not None:
+            stream.publish("usage", self._usage_data(outcome, outcome_source))
+        return outcome
+
+    async def _pump(
+        self,
+        upstream: Upstream,
+        request: GenerationRequest,
+        stream: JobStream,
+        stops: StopFilter,
+        outcome: _Outcome,
+    ) -> None:
+        chunks = upstream.stream(request)
+        try:
+            async for chunk in chunks:
+                if isinstance(chunk, TextDelta):
+                    if outcome.first_token is None:
+                        outcome.first_token = time.monotonic()
+                    outcome.text_chunks += 1
+                    self._delta(stream, outcome, stops.feed(chunk.text))
+                    if stops.stopped:
+                        outcome.finish_reason = "stop"
+                        return  # closing the iterator closes the upstream request
+                elif isinstance(chunk, ToolCallDelta):
+                    self._tool_call(stream, outcome, chunk)
+                elif isinstance(chunk, Usage):
+                    outcome.usage = chunk
+                elif isinstance(chunk, Finish):
+                    reason = chunk.reason if chunk.reason in FINISH_REASONS else "stop"
+                    outcome.finish_reason = reason  # type: ignore[assignment]
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    def _delta(self, stream: JobStream, outcome: _Outcome, text: str) -> None:
+        if not text:
+            return
+        stream.publish("delta", {"index": outcome.deltas, "text": text}, text=text)
+        outcome.deltas += 1
+        outcome.text_chars += len(text)
+
+    def _tool_call(self, stream: JobStream, outcome: _Outcome, chunk: ToolCallDelta) -> None:
+        call = outcome.tool_calls.setdefault(
+            chunk.index,
+            {"id": None, "type": "function", "function": {"name": None, "arguments": ""}},
+        )
+        if chunk.id:
+            call["id"] = chunk.id
+        if chunk.name:
+            call["function"]["name"] = chunk.name
+        call["function"]["arguments"] += chunk.arguments
+        data: dict[str, Any] = {"index": chunk.index}
+        if chunk.id:
+            data["id"] = chunk.id
+        if chunk.name:
+            data["name"] = chunk.name
+        data["arguments"] = chunk.arguments
+        calls = [outcome.tool_calls[i] for i in sorted(outcome.tool_calls)]
+        stream.publish("tool_call", data, fields={"tool_calls": orjson.dumps(calls).decode()})
+
+    def _usage_data(self, outcome: _Outcome, source: str) -> dict[str, Any]:
+        assert outcome.usage is not None
+        now = time.monotonic()
+        first = outcome.first_token
+        return {
+            "prompt_tokens": outcome.usage.prompt_tokens,
+            "completion_tokens": outcome.usage.completion_tokens,
+            "total_tokens": outcome.usage.total_tokens,
+            "ttft_ms": None if first is None else round((first - outcome.started) * 1000, 1),
+            "duration_ms": round((now - outcome.started) * 1000, 1),
+            "source": source,
+        }
+
+    async def _end(self, stream: JobStream, outcome: _Outcome) -> None:
+        """Publish ``error`` (if any) and the one ``end``, with the final status fields."""
+        fields = {
+            "status": status_for(outcome.finish_reason),
+            "finish_reason": outcome.finish_reason,
+            "finished_at": now_rfc3339(),
+        }
+        if outcome.error is not None:
+            stream.publish(
+                "error", outcome.error, fields={"error": orjson.dumps(outcome.error).decode()}
+            )
+        if outcome.usage is not None:
+            fields["usage"] = orjson.dumps(
+                {
+                    "prompt_tokens": outcome.usage.prompt_tokens,
+                    "completion_tokens": outcome.usage.completion_tokens,
+                    "total_tokens": outcome.usage.total_tokens,
+                }
+            ).decode()
+        async with asyncio.timeout(END_WRITE_TIMEOUT_S + 30):
+            await stream.finish(
+                {"finish_reason": outcome.finish_reason}, fields, self.settings.stream_ttl_s
+            )
+        log.info(
+            "job_finished",
+            finish_reason=outcome.finish_reason,
+            deltas=outcome.deltas,
+            chars=outcome.text_chars,
+            error_type=None if outcome.error is None else outcome.error["type"],
+            duration_ms=round((time.monotonic() - outcome.started) * 1000, 1),
+        )
+
+
+def _error(
+    type_: ErrorType, message: str, retryable: bool, status: int | None = None
+) -> dict[str, Any]:
+    data: dict[str, Any] = {"type": type_, "message": message, "retryable": retryable}
+    if status is not None:
+        data["status"] = status
+    return data
+
+
+def _lost_outcome(message: str = "the worker running this job stopped mid-stream") -> _Outcome:
+    return _Outcome(finish_reason="error", error=_error("worker_lost", message, True))
