@@ -147,17 +147,17 @@ class EventLog:
         if after == ZERO_ID:
             return
         try:
-            info = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                "XINFO", "STREAM", events_key(job_id)
-            )
+            info = await self.redis.xinfo_stream(events_key(job_id))
         except ResponseError:  # no such key: the job has no events yet
             raise InvalidEventId(f"event id {str(after)!r} was never issued for this job") from None
-        info_map = {info[i].decode(): info[i + 1] for i in range(0, len(info), 2)}
-        last = EventId.parse(info_map["last-generated-id"].decode())
-        if after > last:
+        if after > EventId.parse(info["last-generated-id"].decode()):
             raise InvalidEventId(f"event id {str(after)!r} was never issued for this job")
-        deleted = info_map.get("max-deleted-entry-id")
-        if deleted is not None and after < EventId.parse(deleted.decode()):
+        # Trimmed (MAXLEN) entries are the oldest; deleted ones (XDEL) raise max-deleted-entry-id.
+        trimmed = info["entries-added"] > info["length"]
+        first = info["first-entry"]
+        if (trimmed and first is not None and after < EventId.parse(first[0].decode())) or (
+            after < EventId.parse(info["max-deleted-entry-id"].decode())
+        ):
             raise EventIdExpired(f"events after {str(after)!r} are no longer kept")
 
     async def require_job(self, job_id: str) -> dict[str, str]:
