@@ -29,7 +29,11 @@ while i <= #ARGV do
   added = added + 1
   i = i + 3
 end
-if #text > 0 then redis.call('APPEND', KEYS[3], table.concat(text)) end
+local created_text = false
+if #text > 0 then
+  local appended = table.concat(text)
+  created_text = redis.call('APPEND', KEYS[3], appended) == #appended
+end
 if added > 0 then
   redis.call('HSET', KEYS[2], 'nevents', have + added, 'last_event_id', id)
 end
@@ -40,8 +44,9 @@ local final_ttl = tonumber(ARGV[4])
 if final_ttl > 0 then
   redis.call('HSET', KEYS[2], 'owner', ARGV[1] .. ':done')
   for k = 1, 3 do redis.call('EXPIRE', KEYS[k], final_ttl) end
-elseif have == 0 and added > 0 then
-  -- A stream never lives forever, even if its worker vanishes: the end batch shortens this.
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
+else
+  -- Keys never live forever, even if their worker vanishes: the end batch shortens this.
+  if have == 0 and added > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
+  if created_text then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
 end
 return id or redis.call('HGET', KEYS[2], 'last_event_id')
