@@ -56,6 +56,12 @@ def _run_worker(args: argparse.Namespace) -> None:
     worker.run()
 
 
+def _run_dev(args: argparse.Namespace) -> None:
+    from tokenrelay.dev import run
+
+    raise SystemExit(run(args.host, args.port))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tokenrelay", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     api.set_defaults(run=_run_api)
     worker = commands.add_parser("worker", help="run a worker that streams generation jobs")
     worker.set_defaults(run=_run_worker)
+    dev = commands.add_parser("dev", help="run Redis, the API and a worker on this machine")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.set_defaults(run=_run_dev)
     args = parser.parse_args(argv)
     args.run(args)
 

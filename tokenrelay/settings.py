@@ -29,7 +29,9 @@ class UpstreamConfig(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TOKENRELAY_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="TOKENRELAY_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)

@@ -200,6 +200,8 @@ class JobRunner:
             outcome.error = _error(
                 exc.error_type, exc.message, exc.retryable, getattr(exc, "status", None)
             )
+        except Fenced:
+            raise
         except TimeoutError:
             outcome.finish_reason = "error"
             outcome.error = _error(
@@ -214,8 +216,15 @@ class JobRunner:
                 raise  # the worker itself is stopping
             outcome.finish_reason = "cancelled"
             log.info("job_cancelled")
-        if outcome.finish_reason != "stop" or not stops.stopped:
-            self._delta(stream, outcome, stops.flush())
+        except Exception as exc:
+            # A bug of ours must not leave a stream without its end.
+            log.error("job_internal_error", error=type(exc).__name__, exc_info=exc)
+            outcome.finish_reason = "error"
+            outcome.error = _error("internal", "internal error in the worker", False)
+        # What was held back is text after all, up to a stop sequence completed inside it.
+        self._delta(stream, outcome, stops.flush())
+        if stops.stopped and outcome.finish_reason not in ("error", "cancelled"):
+            outcome.finish_reason = "stop"
         if outcome.usage is None and outcome.text_chunks:
             prompt_text = request.prompt or orjson.dumps(request.messages or []).decode()
             outcome.usage = Usage(estimate_tokens(prompt_text), outcome.text_chunks)

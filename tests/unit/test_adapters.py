@@ -1,4 +1,4 @@
-"""Unit tests of the Ollama, OpenAI and generic SSE adapters against an in-process mock transport."""
+"""Unit tests of the Ollama, OpenAI and generic SSE adapters over an httpx MockTransport."""
 
 from __future__ import annotations
 
@@ -737,11 +737,6 @@ async def test_transport_failure_mid_body(
 # Lone surrogates and closing early
 # ---------------------------------------------------------------------------
 
-LONE_SURROGATE_BUG = (
-    "bug: base.parse_json uses orjson.loads, which rejects lone surrogate escapes such as "
-    '"\\ud800" (valid JSON grammar, e.g. a JS server cutting an emoji in half), so the adapter '
-    "raises UpstreamProtocol instead of yielding U+FFFD via clean_text"
-)
 SURROGATE_BODIES = {
     "ollama": ndjson(
         r'{"message":{"role":"assistant","content":"a\ud800b\udc00"},"done":false}',
@@ -754,7 +749,6 @@ SURROGATE_BODIES = {
 }
 
 
-@pytest.mark.xfail(strict=True, raises=UpstreamProtocol, reason=LONE_SURROGATE_BUG)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_lone_surrogate_escapes_become_replacement_characters(kind: str) -> None:
     async with asyncio.timeout(5):
@@ -780,3 +774,40 @@ async def test_closing_the_iterator_early_closes_the_response(kind: str) -> None
         assert not stream.closed
         await agen.aclose()  # type: ignore[attr-defined]
         assert stream.closed
+
+
+# ---------------------------------------------------------------------------
+# Valid JSON of the wrong shape
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        pytest.param("openai", sse('{"choices":["Hello"]}', "[DONE]"), id="openai-choice-string"),
+        pytest.param(
+            "openai",
+            sse(
+                '{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
+                '"usage":{"prompt_tokens":null,"completion_tokens":3}}'
+            ),
+            id="openai-usage-null",
+        ),
+        pytest.param(
+            "openai",
+            sse('{"choices":[{"index":0,"delta":{"tool_calls":[{"index":null}]}}]}', "[DONE]"),
+            id="openai-tool-index-null",
+        ),
+        pytest.param(
+            "ollama", ndjson('{"message":"Hello","done":false}'), id="ollama-message-string"
+        ),
+        pytest.param(
+            "ollama",
+            ndjson('{"message":{"content":"","tool_calls":["get_weather"]},"done":false}'),
+            id="ollama-tool-call-string",
+        ),
+    ],
+)
+async def test_valid_json_of_the_wrong_shape_is_a_protocol_error(kind: str, body: bytes) -> None:
+    async with asyncio.timeout(5):
+        await run_until_error(kind, FakeUpstream(body), UpstreamProtocol)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+import json
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
@@ -81,13 +83,15 @@ def headers_for(config: UpstreamConfig) -> dict[str, str]:
     return headers
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def clean_text(text: str) -> str:
-    """Replace lone surrogates (legal in JSON escapes, not in UTF-8) with U+FFFD."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return text
+    """Replace lone surrogates (legal in JSON escapes, not in UTF-8) with U+FFFD, one each.
+
+    JSON decoding already joined every proper pair, so any surrogate left is a lone one.
+    """
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def drop_none(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -95,10 +99,27 @@ def drop_none(payload: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parse_json(raw: str, what: str) -> Any:
+    """Parse an upstream's JSON; lone surrogate escapes (legal JSON, which orjson refuses)
+    are accepted and later replaced by ``clean_text``."""
     try:
         return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamProtocol(f"upstream sent a {what} that is not JSON: {raw[:200]!r}") from exc
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise UpstreamProtocol(
+                f"upstream sent a {what} that is not JSON: {raw[:200]!r}"
+            ) from exc
+
+
+@contextlib.contextmanager
+def wire_shape(raw: str) -> Iterator[None]:
+    """Valid JSON of the wrong shape (a string where an object belongs, a null count) is a
+    protocol error, not a crash: adapters promise to raise only ``UpstreamError``."""
+    try:
+        yield
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+        raise UpstreamProtocol(f"upstream sent JSON of an unexpected shape: {raw[:200]!r}") from exc
 
 
 @contextlib.asynccontextmanager

@@ -22,6 +22,7 @@ from tokenrelay.upstreams.base import (
     drop_none,
     open_stream,
     parse_json,
+    wire_shape,
 )
 
 
@@ -53,7 +54,7 @@ class OllamaUpstream:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         path, body = self.payload(request)
-        tool_index = 0
+        calls = 0
         async with open_stream(self.client, self.config, path, body) as chunks:
             async for line in aiter_lines(chunks):
                 obj = parse_json(line, "line")
@@ -63,28 +64,44 @@ class OllamaUpstream:
                     )
                 if "error" in obj:
                     raise UpstreamReportedError(f"upstream error: {obj['error']!s}")
-                message = obj.get("message") or {}
-                text = message.get("content") if "message" in obj else obj.get("response")
-                if text:
-                    yield TextDelta(clean_text(str(text)))
-                for call in message.get("tool_calls") or []:
-                    function = call.get("function") or {}
-                    arguments = function.get("arguments", {})
-                    yield ToolCallDelta(
-                        index=tool_index,
-                        id=call.get("id") or f"call_{tool_index}",
-                        name=function.get("name"),
-                        arguments=arguments
-                        if isinstance(arguments, str)
-                        else orjson.dumps(arguments).decode(),
-                    )
-                    tool_index += 1
+                with wire_shape(line):
+                    out = _chunks(obj, calls)
+                for chunk in out:
+                    calls += isinstance(chunk, ToolCallDelta)
+                    yield chunk
                 if obj.get("done"):
-                    prompt_tokens = obj.get("prompt_eval_count")
-                    completion_tokens = obj.get("eval_count")
-                    if isinstance(prompt_tokens, int) and isinstance(completion_tokens, int):
-                        yield Usage(prompt_tokens, completion_tokens)
-                    reason = obj.get("done_reason") or "stop"
-                    yield Finish("tool_calls" if tool_index else str(reason))
                     return
         raise UpstreamProtocol("upstream stream ended without a final object with done: true")
+
+
+def _chunks(obj: dict[str, Any], calls_before: int) -> list[Chunk]:
+    """The chunks of one NDJSON object; ``calls_before`` tool calls came in earlier ones."""
+    out: list[Chunk] = []
+    message = obj.get("message") or {}
+    text = message.get("content") if "message" in obj else obj.get("response")
+    if text:
+        out.append(TextDelta(clean_text(str(text))))
+    index = calls_before
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        arguments = function.get("arguments", {})
+        if not isinstance(arguments, str):
+            arguments = orjson.dumps(arguments).decode()
+        out.append(
+            ToolCallDelta(
+                index=index,
+                id=call.get("id") or f"call_{index}",
+                name=function.get("name"),
+                arguments=arguments
+                if isinstance(arguments, str)
+                else orjson.dumps(arguments).decode(),
+            )
+        )
+        index += 1
+    if obj.get("done"):
+        prompt_tokens, completion_tokens = obj.get("prompt_eval_count"), obj.get("eval_count")
+        if isinstance(prompt_tokens, int) and isinstance(completion_tokens, int):
+            out.append(Usage(prompt_tokens, completion_tokens))
+        reason = obj.get("done_reason") or "stop"
+        out.append(Finish("tool_calls" if index else str(reason)))
+    return out

@@ -21,6 +21,7 @@ from tokenrelay.upstreams.base import (
     drop_none,
     open_stream,
     parse_json,
+    wire_shape,
 )
 
 MAX_STOP = 4
@@ -67,7 +68,9 @@ class OpenAIUpstream:
                     )
                 if obj.get("error") is not None or event.event == "error":
                     raise UpstreamReportedError(_error_text(obj.get("error", obj)))
-                for chunk in _chunks(obj):
+                with wire_shape(event.data):
+                    out = _chunks(obj)
+                for chunk in out:
                     finished = finished or isinstance(chunk, Finish)
                     yield chunk
         if not finished:

@@ -52,9 +52,7 @@ class SSEUpstream:
                     )
                 error = obj.get("error")
                 if error is not None or event.event == "error":
-                    error = error if isinstance(error, dict) else obj
-                    kind, message = error.get("type", "error"), error.get("message", "")
-                    raise UpstreamReportedError(f"upstream error ({kind}): {message}")
+                    raise UpstreamReportedError(_error_text(error if error is not None else obj))
                 delta = obj.get("delta")
                 if delta is None and isinstance(obj.get("text"), str):
                     # Only the running text was sent: the delta is what it grew by.
@@ -74,6 +72,13 @@ class SSEUpstream:
             raise UpstreamProtocol("upstream stream ended before a finishReason or [DONE]")
         if not finished:
             yield Finish("stop")
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        kind, message = error.get("type", "error"), error.get("message", "")
+        return f"upstream error ({kind}): {message}"
+    return f"upstream error: {error!s}"
 
 
 def _finish_reason(raw: str) -> str:
