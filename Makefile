@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint unit integration bench clean
+.PHONY: install browser run test test-fast lint unit integration bench clean
 
 install: $(STAMP)
 
@@ -22,9 +23,19 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Debian's Chromium and ChromeDriver for the demo page's browser test.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium and chromium-driver (Debian packages) for the browser test"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
+
 # pytest exits 5 when it ran no test: that fails here like any other failure.
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest
+
+# Everything but the real-model and browser tests (seconds, not minutes).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not e2e"
 
 unit: install
 	$(BIN)/python -m pytest tests/unit

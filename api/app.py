@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tokenrelay
@@ -81,6 +82,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(router)
+
+    page = (Path(__file__).parent / "static" / "index.html").read_bytes()
+
+    @app.get("/", include_in_schema=False)
+    async def demo() -> Response:
+        """The demo page: submit, watch, drop and resume, a second listener, cancel."""
+        return Response(page, media_type="text/html; charset=utf-8")
 
     @app.get("/healthz", include_in_schema=True, tags=["ops"])
     async def healthz() -> dict[str, str]:

@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from api.auth import tenant_of
 from api.encoding import KEEPALIVE, NDJSON_MEDIA_TYPE, SSE_MEDIA_TYPE, JSONBody, encode, wire_format
 from api.errors import ApiError
-from api.schemas import ErrorBody, Job, JobCreated, JobRequest
+from api.schemas import ErrorBody, Job, JobCreated, JobRequest, UpstreamList
 from api.state import Relay
 from tokenrelay.errors import EventIdExpired, InvalidEventId, JobNotFound
 from tokenrelay.events import (
@@ -74,6 +74,22 @@ def _created(job_id: str, status: str, created_at: str) -> dict[str, Any]:
         "events_url": f"/v1/jobs/{job_id}/events",
         "created_at": created_at,
     }
+
+
+@router.get("/upstreams", response_model=UpstreamList, responses={401: ERRORS[401]})
+async def list_upstreams(r: RelayDep, _: TenantDep) -> JSONBody:
+    """The configured model endpoints a job can name (never their URLs or keys)."""
+    default = r.settings.resolved_default_upstream
+    data = [
+        {
+            "name": name,
+            "kind": cfg.kind,
+            "default_model": cfg.default_model,
+            "default": name == default,
+        }
+        for name, cfg in sorted(r.settings.upstreams.items())
+    ]
+    return JSONBody({"object": "list", "data": data})
 
 
 @router.post(

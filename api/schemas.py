@@ -124,3 +124,15 @@ class Job(BaseModel):
     last_event_id: str | None
     attempt: int
     metadata: dict[str, Any]
+
+
+class UpstreamInfo(BaseModel):
+    name: str
+    kind: Literal["openai", "ollama", "sse"]
+    default_model: str | None
+    default: bool
+
+
+class UpstreamList(BaseModel):
+    object: Literal["list"]
+    data: list[UpstreamInfo]

