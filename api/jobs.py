@@ -15,7 +15,15 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from api.auth import tenant_of
-from api.encoding import KEEPALIVE, NDJSON_MEDIA_TYPE, SSE_MEDIA_TYPE, JSONBody, encode, wire_format
+from api.encoding import (
+    KEEPALIVE,
+    NDJSON_MEDIA_TYPE,
+    SSE_MEDIA_TYPE,
+    JSONBody,
+    WireFormat,
+    encode,
+    wire_format,
+)
 from api.errors import ApiError
 from api.schemas import ErrorBody, Job, JobCreated, JobRequest, UpstreamList
 from api.state import Relay
@@ -305,7 +313,7 @@ async def job_events(
     )
 
 
-async def _follow(r: Relay, job_id: str, after: EventId, fmt: Any) -> AsyncIterator[bytes]:
+async def _follow(r: Relay, job_id: str, after: EventId, fmt: WireFormat) -> AsyncIterator[bytes]:
     """Replay the events after ``after``, then tail live ones, until the ``end`` event."""
     last = after
     # Replay from Redis first, a page at a time.

@@ -61,6 +61,18 @@ class StoredEvent:
         return value
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a worker gets when it takes a job for an attempt."""
+
+    attempt: int
+    nevents: int
+    request: dict[str, Any]
+    upstream: str
+    model: str | None
+    cancel_requested: bool
+
+
 def _decode_entries(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> list[StoredEvent]:
     return [
         StoredEvent(eid.decode(), fields[b"t"].decode(), fields[b"d"]) for eid, fields in entries
@@ -109,14 +121,22 @@ class EventLog:
 
     async def claim(
         self, job_id: str, owner: str, now: str, *, takeover: bool, safety_ttl_s: int
-    ) -> tuple[int, int] | str:
-        """Take the job for an attempt: ``(attempt, events so far)``, or the status that bars it."""
-        attempt, second = await self._claim(
+    ) -> Claim | str:
+        """Take the job for an attempt, or return the status that bars it (``missing`` if gone)."""
+        reply = await self._claim(
             keys=list(job_keys(job_id)), args=[owner, now, "1" if takeover else "0", safety_ttl_s]
         )
-        if attempt == 0:
-            return second.decode() if isinstance(second, bytes) else str(second)
-        return int(attempt), int(second)
+        if reply[0] == 0:
+            return reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        attempt, nevents, request, upstream, model, cancel = reply
+        return Claim(
+            attempt=int(attempt),
+            nevents=int(nevents),
+            request=orjson.loads(request),
+            upstream=upstream.decode(),
+            model=model.decode() or None,
+            cancel_requested=bool(cancel),
+        )
 
     async def finish_queued(self, job_id: str, now: str, end_data: Mapping[str, Any]) -> bool:
         """End a job no worker has taken, with one ``end`` event. False if a worker has it."""

@@ -118,13 +118,6 @@ class JobRunner:
             structlog.contextvars.unbind_contextvars("job_id", "upstream", "model", "attempt")
 
     async def _run(self, job_id: str, job_try: int) -> None:
-        found = await self.events.get_job(job_id)
-        if found is None:
-            log.warning("job_missing")
-            return
-        fields, _ = found
-        raw = orjson.loads(fields["request"])
-        upstream_name, model = fields["upstream"], fields.get("model") or None
         owner = f"{self.worker_id}:{secrets.token_hex(6)}"
         # Register before claiming, so a cancel that follows the claim always finds the job.
         self._active.add(job_id)
@@ -140,22 +133,26 @@ class JobRunner:
             if isinstance(claimed, str):
                 log.info("job_skipped", status=claimed)
                 return
-            attempt, seq = claimed
             structlog.contextvars.bind_contextvars(
-                upstream=upstream_name, model=model, attempt=attempt
+                upstream=claimed.upstream, model=claimed.model, attempt=claimed.attempt
             )
-            stream = self.writer.stream(job_id, owner, seq)
+            stream = self.writer.stream(job_id, owner, claimed.nevents)
             stream.publish(
                 "start",
-                {"job_id": job_id, "upstream": upstream_name, "model": model, "attempt": attempt},
+                {
+                    "job_id": job_id,
+                    "upstream": claimed.upstream,
+                    "model": claimed.model,
+                    "attempt": claimed.attempt,
+                },
             )
-            if attempt > 1:
+            if claimed.attempt > 1:
                 # The attempt before died mid-stream; its readers saw part of an answer.
                 await self._end(stream, _lost_outcome())
                 return
-            if await self.events.job_field(job_id, "cancel_requested"):
+            if claimed.cancel_requested:
                 self._cancel_requested.add(job_id)
-            outcome = await self._attempt(job_id, stream, upstream_name, raw)
+            outcome = await self._attempt(job_id, stream, claimed.upstream, claimed.request)
             await self._end(stream, outcome)
         except Fenced:
             log.info("job_fenced")

@@ -1,0 +1,37 @@
+"""The benchmark suite, scaled down to seconds, runs as a test so it cannot rot.
+
+It asserts that every figure is measured and printed beside its baseline, not how fast
+anything is: speed is judged by the full run (ops/bench/run.py), not by timed tests.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "ops/bench/run.py", "--quick", "--runs", "1", "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout
+    assert "cores" in table and "median of 1 run" in table
+    for figure in (
+        "submit -> first delta at consumer",
+        "upstream write -> consumer read per delta",
+        "deltas/s one worker publishes",
+        "reconnect with Last-Event-ID",
+        "Redis memory per finished job",
+    ):
+        (line,) = [row for row in table.splitlines() if row.startswith(figure)]
+        cells = [cell.strip() for cell in line.split("|")]
+        assert len(cells) == 4 and all(cells), line
+        assert any(ch.isdigit() for ch in cells[1]), line
