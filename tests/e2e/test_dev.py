@@ -26,7 +26,7 @@ class Dev:
         self.base = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENRELAY_")}
         env["XDG_DATA_HOME"] = str(home)
-        self.log = home / "dev.log"
+        self.log = home.parent / f"dev-{self.port}.log"
         home.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
