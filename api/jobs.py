@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import secrets
@@ -13,6 +14,7 @@ import orjson
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from redis.exceptions import RedisError
 
 from api.auth import tenant_of
 from api.encoding import (
@@ -30,9 +32,7 @@ from api.state import Relay
 from tokenrelay.errors import EventIdExpired, InvalidEventId, JobNotFound
 from tokenrelay.events import (
     CANCEL_CHANNEL,
-    JOB_FUNCTION,
     TERMINAL_STATUSES,
-    WAKE_CHANNEL,
     ZERO_ID,
     EventId,
     idempotency_key,
@@ -66,7 +66,7 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def relay(request: Request) -> Relay:
+async def relay(request: Request) -> Relay:
     state: Relay = request.app.state.relay
     return state
 
@@ -165,16 +165,12 @@ async def submit_job(
         "nevents": "0",
     }
     try:
-        await r.events.create_job(job_id, fields, ttl_s=r.settings.unfinished_ttl_s)
-        await r.queue.enqueue_job(JOB_FUNCTION, job_id, _job_id=job_id)
-        await r.redis.publish(WAKE_CHANNEL, b"1")
+        await r.events.submit(job_id, fields, ttl_s=r.settings.unfinished_ttl_s)
     except BaseException:
-        # Nothing half-made stays behind: no job without a queue entry, no claimed key.
-        async with r.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(job_key(job_id))
-            if idem_key is not None:
-                pipe.delete(idem_key)
-            await pipe.execute()
+        # The submit is atomic; only the idempotency claim could be left: release it.
+        if idem_key is not None:
+            with contextlib.suppress(RedisError):
+                await r.redis.delete(idem_key)
         raise
     log.info("job_submitted", job_id=job_id, upstream=upstream_name, has_tools=bool(body.tools))
     return JSONBody(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio import Redis
 
 from tokenrelay.fanout import Hub
@@ -18,7 +17,6 @@ class Relay:
     redis: Redis
     events: EventLog
     hub: Hub
-    queue: ArqRedis
 
     @classmethod
     async def open(cls, settings: Settings) -> Relay:
@@ -27,10 +25,8 @@ class Relay:
         # The hub's reader keeps its one connection blocked in XREAD: it gets a client of its own.
         hub = Hub(events, Redis.from_url(settings.redis_url, single_connection_client=True))
         hub.start()
-        queue = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-        return cls(settings, redis, events, hub, queue)
+        return cls(settings, redis, events, hub)
 
     async def aclose(self) -> None:
         await self.hub.aclose()
-        await self.queue.aclose()
         await self.redis.aclose()

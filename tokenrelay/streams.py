@@ -32,6 +32,7 @@ from tokenrelay.events import (
     job_keys,
     text_key,
 )
+from tokenrelay.queue import add_submit
 
 log = structlog.get_logger("tokenrelay.streams")
 
@@ -91,11 +92,10 @@ class EventLog:
 
     # -- job state -------------------------------------------------------------------------
 
-    async def create_job(self, job_id: str, fields: Mapping[str, str], *, ttl_s: int) -> None:
-        """Write a new job's status hash (before it is enqueued)."""
+    async def submit(self, job_id: str, fields: Mapping[str, str], *, ttl_s: int) -> None:
+        """Create the job's status hash and enqueue it, atomically, in one round trip."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(job_key(job_id), mapping=dict(fields))
-            pipe.expire(job_key(job_id), ttl_s)
+            add_submit(pipe, job_id, dict(fields), ttl_s)
             await pipe.execute()
 
     async def get_job(self, job_id: str) -> tuple[dict[str, str], str] | None:

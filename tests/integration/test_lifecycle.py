@@ -154,6 +154,23 @@ async def test_queued_job_events_arrive_when_it_starts_and_start_is_prompt(
         assert time.monotonic() - t0 < 5
 
 
+async def test_a_submit_writes_what_arq_reads(idle_system: RelaySystem) -> None:
+    from arq.connections import RedisSettings, create_pool
+    from arq.jobs import Job, JobStatus
+
+    async with httpx.AsyncClient(base_url=idle_system.base_url, timeout=10) as c:
+        job_id = await submit(c, model="hello")
+    pool = await create_pool(RedisSettings.from_dsn(idle_system.redis_url))
+    try:
+        job = Job(job_id, pool)
+        assert await job.status() == JobStatus.queued
+        info = await job.info()
+        assert info is not None
+        assert (info.function, info.args, info.kwargs) == ("generate", (job_id,), {})
+    finally:
+        await pool.aclose()
+
+
 async def test_cancel_a_queued_job_and_the_worker_skips_it(idle_system: RelaySystem) -> None:
     async with httpx.AsyncClient(base_url=idle_system.base_url, timeout=10) as c:
         job_id = await submit(c, model="hello")

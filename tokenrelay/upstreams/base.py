@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -16,6 +17,8 @@ from tokenrelay.errors import UpstreamProtocol, UpstreamStatus, UpstreamTimeout,
 from tokenrelay.settings import UpstreamConfig
 
 MAX_ERROR_BODY = 64 * 1024
+MAX_DRAIN = 64 * 1024
+DRAIN_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +150,19 @@ async def open_stream(
                     if len(body) > MAX_ERROR_BODY:
                         break
                 raise UpstreamStatus(response.status_code, _error_message(body))
-            yield _translated(response.aiter_raw())
+            body = _translated(response.aiter_raw())
+            yield body
+            # The adapter saw the end of the stream ([DONE] / done: true). Read what is left
+            # (the chunked terminator) so the connection goes back to the pool for reuse
+            # instead of being closed: a new connection per job costs a handshake.
+            # Failing to do so costs only that reuse: the answer is already complete.
+            drained = 0
+            with contextlib.suppress(TimeoutError, UpstreamUnavailable, UpstreamTimeout):
+                async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                    async for part in body:
+                        drained += len(part)
+                        if drained > MAX_DRAIN:
+                            break
     except httpx.TimeoutException as exc:
         raise UpstreamTimeout(f"upstream timed out ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:
