@@ -3,7 +3,8 @@
 A load generator, not a test double: plain asyncio streams, HTTP/1.1 keep-alive, chunked SSE,
 as little overhead as possible so the figures measure tokenrelay. The request's ``model``
 field says what to stream: ``"tokens=50,rate=20"`` (rate 0 = as fast as possible). Each
-delta's text carries the send time (``t=<ns>;``) so a consumer can measure per-delta latency.
+delta's text carries the send time (``t=<ns>;``) so a consumer can measure per-delta latency;
+with ``stamp=0`` the deltas are ordinary short words instead (for memory figures).
 
     python ops/bench/upstream.py --port 9100
 """
@@ -17,10 +18,12 @@ import time
 
 import orjson
 
+WORDS = [" the", " quick", " brown", " fox", " jumps", " over", " a", " lazy", " dog", "."]
 
-def parse_spec(model: str) -> tuple[int, float]:
+
+def parse_spec(model: str) -> tuple[int, float, bool]:
     spec = dict(part.split("=", 1) for part in model.split(",") if "=" in part)
-    return int(spec.get("tokens", 50)), float(spec.get("rate", 0))
+    return int(spec.get("tokens", 50)), float(spec.get("rate", 0)), spec.get("stamp", "1") == "1"
 
 
 def chunk(data: bytes) -> bytes:
@@ -41,7 +44,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 if name.strip().lower() == b"content-length":
                     length = int(value)
             body = orjson.loads(await reader.readexactly(length)) if length else {}
-            tokens, rate = parse_spec(str(body.get("model", "")))
+            tokens, rate, stamp = parse_spec(str(body.get("model", "")))
             writer.write(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                 b"transfer-encoding: chunked\r\n\r\n"
@@ -56,7 +59,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     delay = start + i * interval - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                text = f"t={time.time_ns()};"
+                # Stamped deltas carry their send time; plain ones look like real tokens.
+                text = f"t={time.time_ns()};" if stamp else WORDS[i % len(WORDS)]
                 delta = {**base, "choices": [{"index": 0, "delta": {"content": text}}]}
                 writer.write(chunk(frame(delta)))
                 if interval or i % 64 == 63:
