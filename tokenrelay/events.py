@@ -105,6 +105,14 @@ def job_keys(job_id: str) -> tuple[str, str, str]:
     return events_key(job_id), job_key(job_id), text_key(job_id)
 
 
+def recent_jobs_key(tenant: str) -> str:
+    """A sorted set of the tenant's job ids, scored by creation time (ms): ``GET /v1/jobs``."""
+    return f"{KEY_PREFIX}:recent:{tenant}"
+
+
+RECENT_JOBS_KEPT = 1000
+
+
 def idempotency_key(scope: str, key_digest: str) -> str:
     return f"{KEY_PREFIX}:idem:{scope}:{key_digest}"
 

@@ -14,7 +14,13 @@ from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
-from tokenrelay.events import JOB_FUNCTION, WAKE_CHANNEL, job_key
+from tokenrelay.events import (
+    JOB_FUNCTION,
+    RECENT_JOBS_KEPT,
+    WAKE_CHANNEL,
+    job_key,
+    recent_jobs_key,
+)
 
 QUEUE_NAME = default_queue_name
 
@@ -31,4 +37,8 @@ def add_submit(pipe: Any, job_id: str, fields: dict[str, str], ttl_s: int) -> No
     job = serialize_job(JOB_FUNCTION, (job_id,), {}, None, now)
     pipe.psetex(job_key_prefix + job_id, expires_extra_ms, job)
     pipe.zadd(QUEUE_NAME, {job_id: now})
+    recent = recent_jobs_key(fields["tenant"])
+    pipe.zadd(recent, {job_id: now})
+    pipe.zremrangebyrank(recent, 0, -RECENT_JOBS_KEPT - 1)
+    pipe.expire(recent, ttl_s)
     pipe.publish(WAKE_CHANNEL, b"1")
