@@ -43,11 +43,12 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamStatus(UpstreamError):
     error_type = "upstream_error"
 
-    def __init__(self, status: int, body: str) -> None:
-        retryable = status == 429 or status >= 500
+    def __init__(self, status: int, body: str, *, retry_after: float | None = None) -> None:
+        retryable = status in (408, 425, 429) or status >= 500
         super().__init__(f"upstream answered HTTP {status}: {body[:300]!r}", retryable=retryable)
         self.status = status
         self.body = body
+        self.retry_after = retry_after
 
 
 class UpstreamTimeout(UpstreamError):

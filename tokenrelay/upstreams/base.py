@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
@@ -144,14 +146,18 @@ async def open_stream(
             timeout=timeout,
         ) as response:
             if response.status_code >= 400:
-                body = b""
+                error_body = b""
                 async for part in response.aiter_raw():
-                    body += part
-                    if len(body) > MAX_ERROR_BODY:
+                    error_body += part
+                    if len(error_body) > MAX_ERROR_BODY:
                         break
-                raise UpstreamStatus(response.status_code, _error_message(body))
-            body = _translated(response.aiter_raw())
-            yield body
+                raise UpstreamStatus(
+                    response.status_code,
+                    _error_message(error_body),
+                    retry_after=_retry_after(response.headers.get("retry-after")),
+                )
+            chunks = _translated(response.aiter_raw())
+            yield chunks
             # The adapter saw the end of the stream ([DONE] / done: true). Read what is left
             # (the chunked terminator) so the connection goes back to the pool for reuse
             # instead of being closed: a new connection per job costs a handshake.
@@ -159,7 +165,7 @@ async def open_stream(
             drained = 0
             with contextlib.suppress(TimeoutError, UpstreamUnavailable, UpstreamTimeout):
                 async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                    async for part in body:
+                    async for part in chunks:
                         drained += len(part)
                         if drained > MAX_DRAIN:
                             break
@@ -179,6 +185,21 @@ async def _translated(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         raise UpstreamTimeout(f"upstream went silent ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:
         raise UpstreamUnavailable(f"upstream connection lost ({type(exc).__name__})") from exc
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), if any."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _error_message(body: bytes) -> str:
