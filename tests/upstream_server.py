@@ -59,6 +59,12 @@ class Scenario:
     multiline_data: bool = False
     no_final_newline: bool = False
     error_type: str = "server_error"  # mid-stream error type (openai and sse kinds)
+    malformed_after: int | None = None  # after this many pieces send a line that is not JSON
+    stall_after: int | None = None  # go silent for `stall_s` after this many pieces
+    stall_s: float = 60.0
+    fail_first: int = 0  # the first N requests for this scenario answer `fail_status`
+    fail_status: int = 500
+    retry_after: str | None = None  # a Retry-After header on error answers
 
 
 @dataclass
@@ -381,6 +387,10 @@ class _Call:
                     await asyncio.sleep(0.001)
         self.check()
 
+    async def send_raw(self, data: bytes) -> None:
+        self.check()
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
     async def watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
@@ -399,8 +409,10 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
-async def _send_json(send: Send, status: int, body: Any) -> None:
+async def _send_json(send: Send, status: int, body: Any, retry_after: str | None = None) -> None:
     headers = [(b"content-type", b"application/json")]
+    if retry_after is not None:
+        headers.append((b"retry-after", retry_after.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": _dumps(body).encode()})
 
@@ -413,6 +425,7 @@ class UpstreamServer:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._disconnects: list[str] = []
+        self._served: dict[str, int] = {}
         self._calls: set[_Call] = set()  # touched only on the server's loop
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -548,14 +561,17 @@ class UpstreamServer:
         with self._lock:
             self._requests.append(RecordedRequest(scope["path"], body, headers, name))
             scenario = self._scenarios[name]
+            served = self._served.get(name, 0)
+            self._served[name] = served + 1
         route = ROUTES.get(scope["path"])
         if route is None or scope["method"] != "POST":
             await _send_json(send, 404, _http_error_body("openai", 404, name))
         elif not isinstance(body, dict):
             await _send_json(send, 400, _http_error_body(route[0], 400, name))
-        elif scenario.http_status != 200:
-            error = _http_error_body(route[0], scenario.http_status, name)
-            await _send_json(send, scenario.http_status, error)
+        elif scenario.http_status != 200 or served < scenario.fail_first:
+            status = scenario.http_status if scenario.http_status != 200 else scenario.fail_status
+            error = _http_error_body(route[0], status, name)
+            await _send_json(send, status, error, scenario.retry_after)
         else:
             await self._stream(route, body, scenario, name, receive, send)
 
@@ -603,6 +619,11 @@ class UpstreamServer:
         for i, piece in enumerate(sc.pieces):
             if i == cut:
                 break
+            if i == sc.stall_after:
+                await call.pause(sc.stall_s)
+            if i == sc.malformed_after:
+                await call.send_raw(b"data: {not json\n\n" if call.sse else b"{not json\n")
+                return
             await call.pause(sc.delay_s)
             await call.emit(encoder.piece(piece, last=i == n - 1 and cut is None))
         if cut is not None:

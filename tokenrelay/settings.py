@@ -19,9 +19,25 @@ class UpstreamConfig(BaseModel):
     base_url: HttpUrl
     api_key: SecretStr | None = None
     timeout_s: float = Field(
-        default=300.0, gt=0, description="connect and idle (between-token) timeout"
+        default=300.0, gt=0, description="first-token and idle (between-token) timeout"
     )
+    connect_timeout_s: float | None = Field(default=None, gt=0)
+    first_token_timeout_s: float | None = Field(default=None, gt=0)
+    idle_timeout_s: float | None = Field(default=None, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=10, description="tries before the first delta")
     default_model: str | None = None
+
+    @property
+    def connect_s(self) -> float:
+        return self.connect_timeout_s or min(10.0, self.timeout_s)
+
+    @property
+    def first_token_s(self) -> float:
+        return self.first_token_timeout_s or self.timeout_s
+
+    @property
+    def idle_s(self) -> float:
+        return self.idle_timeout_s or self.timeout_s
 
     @property
     def url(self) -> str:
@@ -41,6 +57,7 @@ class Settings(BaseSettings):
 
     # Additions to the contract's table, documented in docs/configuration.md.
     job_timeout_s: float = Field(default=3600.0, gt=0, description="whole-job deadline")
+    retry_budget_s: float = Field(default=60.0, ge=0, description="total time spent retrying")
     max_jobs_per_worker: int = Field(default=256, gt=0)
     stream_maxlen: int = Field(default=100_000, gt=0, description="events kept per job (MAXLEN ~)")
     keepalive_s: float = Field(default=15.0, gt=0, le=15.0)

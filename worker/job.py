@@ -17,9 +17,9 @@ import httpx
 import orjson
 import structlog
 
-from tokenrelay.errors import Fenced, UpstreamError
+from tokenrelay.errors import Fenced, UpstreamError, UpstreamTimeout
 from tokenrelay.events import ErrorType, FinishReason, status_for
-from tokenrelay.settings import Settings
+from tokenrelay.settings import Settings, UpstreamConfig
 from tokenrelay.streams import EventLog, EventWriter, JobStream
 from tokenrelay.upstreams import make_upstream
 from tokenrelay.upstreams.base import (
@@ -30,6 +30,7 @@ from tokenrelay.upstreams.base import (
     Upstream,
     Usage,
 )
+from worker.retry import RetryPolicy
 from worker.stops import StopFilter
 
 log = structlog.get_logger("tokenrelay.worker")
@@ -137,22 +138,22 @@ class JobRunner:
                 upstream=claimed.upstream, model=claimed.model, attempt=claimed.attempt
             )
             stream = self.writer.stream(job_id, owner, claimed.nevents)
-            stream.publish(
-                "start",
-                {
-                    "job_id": job_id,
-                    "upstream": claimed.upstream,
-                    "model": claimed.model,
-                    "attempt": claimed.attempt,
-                },
-            )
+            start: dict[str, Any] = {
+                "job_id": job_id,
+                "upstream": claimed.upstream,
+                "model": claimed.model,
+                "attempt": claimed.attempt,
+            }
+            stream.publish("start", start)
             if claimed.attempt > 1:
                 # The attempt before died mid-stream; its readers saw part of an answer.
                 await self._end(stream, _lost_outcome())
                 return
             if claimed.cancel_requested:
                 self._cancel_requested.add(job_id)
-            outcome = await self._attempt(job_id, stream, claimed.upstream, claimed.request)
+            outcome = await self._attempt(
+                job_id, stream, claimed.upstream, claimed.request, dict(start)
+            )
             await self._end(stream, outcome)
         except Fenced:
             log.info("job_fenced")
@@ -169,11 +170,18 @@ class JobRunner:
             self._pumps.pop(job_id, None)
 
     async def _attempt(
-        self, job_id: str, stream: JobStream, upstream_name: str, raw: Mapping[str, Any]
+        self,
+        job_id: str,
+        stream: JobStream,
+        upstream_name: str,
+        raw: Mapping[str, Any],
+        start: dict[str, Any],
     ) -> _Outcome:
+        """Stream from the upstream, retrying failures that came before anything was published."""
         outcome = _Outcome()
         upstream = self.upstreams.get(upstream_name)
-        if upstream is None:
+        config = self.settings.upstreams.get(upstream_name)
+        if upstream is None or config is None:
             outcome.finish_reason = "error"
             outcome.error = _error(
                 "invalid_request",
@@ -183,41 +191,64 @@ class JobRunner:
             return outcome
         request = request_from_job(raw)
         stops = StopFilter(request.stop)
-        if job_id in self._cancel_requested:
-            outcome.finish_reason = "cancelled"
-            return outcome
-        log.info("upstream_stream_started")
-        pump = asyncio.create_task(self._pump(upstream, request, stream, stops, outcome))
-        self._pumps[job_id] = pump
-        try:
-            async with asyncio.timeout(self.settings.job_timeout_s):
-                await pump
-        except UpstreamError as exc:
-            outcome.finish_reason = "error"
-            outcome.error = _error(
-                exc.error_type, exc.message, exc.retryable, getattr(exc, "status", None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.job_timeout_s
+        retry = RetryPolicy(
+            max_attempts=config.max_attempts,
+            budget_s=self.settings.retry_budget_s,
+            started=loop.time(),
+        )
+        while True:
+            if job_id in self._cancel_requested:
+                outcome.finish_reason = "cancelled"
+                break
+            log.info("upstream_stream_started")
+            pump = asyncio.create_task(
+                self._pump(upstream, config, request, stream, stops, outcome)
             )
-        except Fenced:
-            raise
-        except TimeoutError:
-            outcome.finish_reason = "error"
-            outcome.error = _error(
-                "upstream_timeout",
-                f"job deadline of {self.settings.job_timeout_s:g} s passed",
-                False,
-            )
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            outer = task is not None and task.cancelling() > 0
-            if outer or job_id not in self._cancel_requested:
-                raise  # the worker itself is stopping
-            outcome.finish_reason = "cancelled"
-            log.info("job_cancelled")
-        except Exception as exc:
-            # A bug of ours must not leave a stream without its end.
-            log.error("job_internal_error", error=type(exc).__name__, exc_info=exc)
-            outcome.finish_reason = "error"
-            outcome.error = _error("internal", "internal error in the worker", False)
+            self._pumps[job_id] = pump
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await pump
+            except UpstreamError as exc:
+                nothing_out = outcome.text_chunks == 0 and not outcome.tool_calls
+                delay = retry.next_delay(exc, loop.time()) if nothing_out else None
+                if delay is not None and loop.time() + delay < deadline:
+                    log.info("upstream_retry", error_type=exc.error_type, delay_s=round(delay, 3))
+                    if not await self._sleep(job_id, delay):
+                        outcome.finish_reason = "cancelled"
+                        break
+                    start["attempt"] += 1
+                    start["previous_error"] = _error(
+                        exc.error_type, exc.message, exc.retryable, getattr(exc, "status", None)
+                    )
+                    stream.publish("start", start, fields={"attempt": str(start["attempt"])})
+                    outcome.started = time.monotonic()
+                    continue
+                outcome.finish_reason = "error"
+                outcome.error = _error(
+                    exc.error_type, exc.message, exc.retryable, getattr(exc, "status", None)
+                )
+            except Fenced:
+                raise
+            except TimeoutError:
+                outcome.finish_reason = "error"
+                outcome.error = _error(
+                    "upstream_timeout",
+                    f"job deadline of {self.settings.job_timeout_s:g} s passed",
+                    False,
+                )
+            except asyncio.CancelledError:
+                if self._stopping_under(job_id):
+                    raise
+                outcome.finish_reason = "cancelled"
+                log.info("job_cancelled")
+            except Exception as exc:
+                # A bug of ours must not leave a stream without its end.
+                log.error("job_internal_error", error=type(exc).__name__, exc_info=exc)
+                outcome.finish_reason = "error"
+                outcome.error = _error("internal", "internal error in the worker", False)
+            break
         # What was held back is text after all, up to a stop sequence completed inside it.
         self._delta(stream, outcome, stops.flush())
         if stops.stopped and outcome.finish_reason not in ("error", "cancelled"):
@@ -232,32 +263,64 @@ class JobRunner:
             stream.publish("usage", self._usage_data(outcome, outcome_source))
         return outcome
 
+    def _stopping_under(self, job_id: str) -> bool:
+        """Whether a CancelledError means the worker is stopping (not a cancel of this job)."""
+        task = asyncio.current_task()
+        outer = task is not None and task.cancelling() > 0
+        return outer or job_id not in self._cancel_requested
+
+    async def _sleep(self, job_id: str, delay: float) -> bool:
+        """Sleep before a retry; False if the job was cancelled meanwhile."""
+        nap = asyncio.create_task(asyncio.sleep(delay))
+        self._pumps[job_id] = nap
+        try:
+            await nap
+        except asyncio.CancelledError:
+            if self._stopping_under(job_id):
+                raise
+            return False
+        return True
+
     async def _pump(
         self,
         upstream: Upstream,
+        config: UpstreamConfig,
         request: GenerationRequest,
         stream: JobStream,
         stops: StopFilter,
         outcome: _Outcome,
     ) -> None:
+        """Read the upstream into the stream until it ends, a stop sequence matches, or it goes
+        silent: no first token within ``first_token_timeout_s``, or no token for
+        ``idle_timeout_s`` (both ``UpstreamTimeout``)."""
+        loop = asyncio.get_running_loop()
         chunks = upstream.stream(request)
+        waiting_first = True
         try:
-            async for chunk in chunks:
-                if isinstance(chunk, TextDelta):
-                    if outcome.first_token is None:
-                        outcome.first_token = time.monotonic()
-                    outcome.text_chunks += 1
-                    self._delta(stream, outcome, stops.feed(chunk.text))
-                    if stops.stopped:
-                        outcome.finish_reason = "stop"
-                        return  # closing the iterator closes the upstream request
-                elif isinstance(chunk, ToolCallDelta):
-                    self._tool_call(stream, outcome, chunk)
-                elif isinstance(chunk, Usage):
-                    outcome.usage = chunk
-                elif isinstance(chunk, Finish):
-                    reason = chunk.reason if chunk.reason in FINISH_REASONS else "stop"
-                    outcome.finish_reason = reason  # type: ignore[assignment]
+            async with asyncio.timeout(config.first_token_s) as silence:
+                async for chunk in chunks:
+                    if isinstance(chunk, TextDelta):
+                        if outcome.first_token is None:
+                            outcome.first_token = time.monotonic()
+                        outcome.text_chunks += 1
+                        self._delta(stream, outcome, stops.feed(chunk.text))
+                        if stops.stopped:
+                            outcome.finish_reason = "stop"
+                            return  # closing the iterator closes the upstream request
+                    elif isinstance(chunk, ToolCallDelta):
+                        self._tool_call(stream, outcome, chunk)
+                    elif isinstance(chunk, Usage):
+                        outcome.usage = chunk
+                    elif isinstance(chunk, Finish):
+                        reason = chunk.reason if chunk.reason in FINISH_REASONS else "stop"
+                        outcome.finish_reason = reason  # type: ignore[assignment]
+                    if isinstance(chunk, TextDelta | ToolCallDelta):
+                        waiting_first = False
+                        silence.reschedule(loop.time() + config.idle_s)
+        except TimeoutError:
+            if waiting_first:
+                raise UpstreamTimeout(f"no first token within {config.first_token_s:g} s") from None
+            raise UpstreamTimeout(f"no token for {config.idle_s:g} s", retryable=False) from None
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
 

@@ -136,7 +136,11 @@ async def open_stream(
     Raises ``UpstreamStatus`` for an error status (with up to 64 KiB of its body),
     ``UpstreamUnavailable`` / ``UpstreamTimeout`` for transport failures, also mid-body.
     """
-    timeout = httpx.Timeout(config.timeout_s)
+    # Reads are timed by the caller (first-token and idle timeouts, which know whether a token
+    # came); httpx times connecting, writing and waiting for a pooled connection.
+    timeout = httpx.Timeout(
+        connect=config.connect_s, read=None, write=config.connect_s, pool=config.connect_s
+    )
     try:
         async with client.stream(
             "POST",

@@ -1,0 +1,186 @@
+"""``GET /v1/jobs``: the caller's recent jobs, newest first, paged by a creation-time cursor."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from api.auth import tenant_of
+from api.encoding import JSONBody
+from api.errors import ApiError
+from api.schemas import ErrorBody
+from api.state import Relay
+from tokenrelay.events import job_key, recent_jobs_key
+
+router = APIRouter(prefix="/v1")
+
+MAX_LIMIT = 100
+
+# The index scores each job id by its creation time in ms. Several jobs can share a millisecond,
+# so a page ends at a (score, id) position: ids of equal score sort by bytes, as Redis orders them.
+_CURSOR = re.compile(r"^(\d{1,15})(?::(job_[A-Za-z0-9_-]{1,64}))?$")
+
+SUMMARY_FIELDS = (
+    "id",
+    "status",
+    "upstream",
+    "model",
+    "created_at",
+    "finished_at",
+    "finish_reason",
+    "last_event_id",
+    "tenant",
+)
+
+Position = tuple[int, bytes | None]
+"""Where a page ends: jobs strictly older than (score, id); id None means all of that ms too."""
+
+
+class JobSummary(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    upstream: str
+    model: str | None
+    created_at: str
+    finished_at: str | None
+    finish_reason: str | None
+    last_event_id: str | None
+
+
+class JobList(BaseModel):
+    object: Literal["list"]
+    data: list[JobSummary]
+    has_more: bool
+    next_before: str | None
+
+
+async def relay(request: Request) -> Relay:
+    state: Relay = request.app.state.relay
+    return state
+
+
+@router.get(
+    "/jobs",
+    response_model=JobList,
+    responses={
+        401: {"model": ErrorBody, "description": "missing or wrong API key"},
+        422: {"model": ErrorBody, "description": "bad `limit` or `before`"},
+        503: {"model": ErrorBody, "description": "the job store is unreachable"},
+    },
+)
+async def list_jobs(
+    r: Annotated[Relay, Depends(relay)],
+    tenant: Annotated[str, Depends(tenant_of)],
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="jobs per page")] = 20,
+    before: Annotated[
+        str | None,
+        Query(
+            description="only jobs created before this: a time in ms since the epoch, "
+            "or the `next_before` of the previous page"
+        ),
+    ] = None,
+) -> JSONBody:
+    """The caller's recent jobs (the last 1000 it created), newest first.
+
+    Jobs whose status has expired are left out. ``has_more`` says whether older jobs remain;
+    pass ``next_before`` as ``before`` to get them.
+    """
+    position = None if before is None else _parse_cursor(before)
+    rows, has_more = await _page(r.redis, tenant, position, limit)
+    data = [_summary(fields) for fields, _ in rows]
+    next_before = None
+    if has_more and rows:
+        fields, score = rows[-1]
+        next_before = f"{score}:{fields['id']}"
+    return JSONBody(
+        {"object": "list", "data": data, "has_more": has_more, "next_before": next_before}
+    )
+
+
+def _parse_cursor(raw: str) -> Position:
+    match = _CURSOR.match(raw)
+    if match is None:
+        raise ApiError(
+            422,
+            f"before: {raw!r} is neither a time in ms nor a `next_before` cursor",
+            param="before",
+        )
+    job_id = match[2]
+    return int(match[1]), None if job_id is None else job_id.encode()
+
+
+async def _page(
+    redis: Redis, tenant: str, position: Position | None, limit: int
+) -> tuple[list[tuple[dict[str, str], int]], bool]:
+    """Up to ``limit`` live jobs older than ``position`` and whether more remain.
+
+    Reads the index a slice at a time and each slice's status hashes in one pipeline; a slice
+    comes up short only when jobs in it expired, which the index then forgets.
+    """
+    key = recent_jobs_key(tenant)
+    rows: list[tuple[dict[str, str], int]] = []
+    while True:
+        want = limit + 1 - len(rows)  # one more than asked: tells whether there is more
+        slice_ = await _index_slice(redis, key, position, want)
+        if not slice_:
+            break
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id, _ in slice_:
+                pipe.hmget(job_key(job_id.decode()), list(SUMMARY_FIELDS))
+            hashes: list[list[bytes | None]] = await pipe.execute()
+        gone: list[bytes] = []
+        for (job_id, score), values in zip(slice_, hashes, strict=True):
+            fields = {n: v.decode() for n, v in zip(SUMMARY_FIELDS, values, strict=True) if v}
+            fields["id"] = job_id.decode()
+            if "status" not in fields:
+                gone.append(job_id)  # expired: the index outlives the job's keys
+            elif secrets.compare_digest(fields.get("tenant", ""), tenant):
+                rows.append((fields, score))
+        if gone:
+            await redis.zrem(key, *gone)
+        if len(rows) > limit or len(slice_) < want:
+            break
+        position = (slice_[-1][1], slice_[-1][0])
+    return rows[:limit], len(rows) > limit
+
+
+async def _index_slice(
+    redis: Redis, key: str, position: Position | None, count: int
+) -> list[tuple[bytes, int]]:
+    """Up to ``count`` (id, score) of the index strictly after ``position``, newest first."""
+    if position is None:
+        entries = await redis.zrevrangebyscore(key, "+inf", "-inf", 0, count, withscores=True)
+        return _scored(entries)
+    score, after_id = position
+    if after_id is None:
+        entries = await redis.zrevrangebyscore(key, f"({score}", "-inf", 0, count, withscores=True)
+        return _scored(entries)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrangebyscore(key, score, score)  # the same millisecond: few, read them all
+        pipe.zrevrangebyscore(key, f"({score}", "-inf", 0, count, withscores=True)
+        same_ms, older = await pipe.execute()
+    ties = sorted((m for m in same_ms if m < after_id), reverse=True)
+    return ([(m, score) for m in ties] + _scored(older))[:count]
+
+
+def _scored(entries: Sequence[tuple[bytes, float]]) -> list[tuple[bytes, int]]:
+    return [(member, int(score)) for member, score in entries]
+
+
+def _summary(fields: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": fields["id"],
+        "status": fields["status"],
+        "upstream": fields.get("upstream", ""),
+        "model": fields.get("model") or None,
+        "created_at": fields.get("created_at", ""),
+        "finished_at": fields.get("finished_at"),
+        "finish_reason": fields.get("finish_reason"),
+        "last_event_id": fields.get("last_event_id"),
+    }
