@@ -130,6 +130,7 @@ class RelaySystem:
 
     def __init__(self, workdir: Path, redis_url: str, env: dict[str, str]) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.redis_url = redis_url
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"

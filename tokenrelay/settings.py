@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     job_timeout_s: float = Field(default=3600.0, gt=0, description="whole-job deadline")
     retry_budget_s: float = Field(default=60.0, ge=0, description="total time spent retrying")
     max_jobs_per_worker: int = Field(default=256, gt=0)
+    lease_ttl_s: float = Field(
+        default=5.0, ge=1.0, description="a job whose worker is silent this long is ended"
+    )
+    shutdown_grace_s: float = Field(
+        default=20.0, ge=0, description="on SIGTERM, how long running jobs may finish"
+    )
     stream_maxlen: int = Field(default=100_000, gt=0, description="events kept per job (MAXLEN ~)")
     keepalive_s: float = Field(default=15.0, gt=0, le=15.0)
     queue_poll_s: float = Field(

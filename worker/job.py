@@ -19,6 +19,7 @@ import structlog
 
 from tokenrelay.errors import Fenced, UpstreamError, UpstreamTimeout
 from tokenrelay.events import ErrorType, FinishReason, status_for
+from tokenrelay.leases import Leases
 from tokenrelay.settings import Settings, UpstreamConfig
 from tokenrelay.streams import EventLog, EventWriter, JobStream
 from tokenrelay.upstreams import make_upstream
@@ -80,10 +81,13 @@ class _Outcome:
 class JobRunner:
     """Runs generate jobs in a worker process; holds what they share."""
 
-    def __init__(self, settings: Settings, events: EventLog, writer: EventWriter) -> None:
+    def __init__(
+        self, settings: Settings, events: EventLog, writer: EventWriter, leases: Leases
+    ) -> None:
         self.settings = settings
         self.events = events
         self.writer = writer
+        self.leases = leases
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
             follow_redirects=False,
@@ -98,6 +102,10 @@ class JobRunner:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    def active(self) -> set[str]:
+        """The jobs this process runs now (a copy)."""
+        return set(self._active)
 
     def cancel(self, job_id: str) -> bool:
         """Abort the job's upstream request if it runs here; the job then ends ``cancelled``."""
@@ -120,9 +128,11 @@ class JobRunner:
 
     async def _run(self, job_id: str, job_try: int) -> None:
         owner = f"{self.worker_id}:{secrets.token_hex(6)}"
-        # Register before claiming, so a cancel that follows the claim always finds the job.
+        # Register before claiming, so a cancel that follows the claim always finds the job,
+        # and take the lease first, so a job is never running without one.
         self._active.add(job_id)
         stream: JobStream | None = None
+        await self.leases.take(job_id)
         try:
             claimed = await self.events.claim(
                 job_id,
@@ -168,6 +178,7 @@ class JobRunner:
             self._active.discard(job_id)
             self._cancel_requested.discard(job_id)
             self._pumps.pop(job_id, None)
+            await self.leases.release(job_id)
 
     async def _attempt(
         self,

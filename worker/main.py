@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tokenrelay.events import CANCEL_CHANNEL, JOB_FUNCTION, WAKE_CHANNEL
+from tokenrelay.leases import Leases, Reaper
 from tokenrelay.settings import Settings
 from tokenrelay.streams import EventLog, EventWriter
 from worker.job import JobRunner
@@ -59,9 +60,18 @@ class RelayWorker(Worker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
+        delay = 0.05
         while True:
             self._work.clear()
-            await self._poll_iteration()
+            try:
+                await self._poll_iteration()
+                delay = 0.05
+            except (RedisError, OSError) as exc:
+                # Redis restarting or unreachable: keep the running jobs, retry the queue.
+                log.warning("queue_poll_failed", error=type(exc).__name__, delay_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._work.wait(), self.poll_delay_s)
 
@@ -105,7 +115,12 @@ def create_worker(settings: Settings) -> RelayWorker:
             redis, maxlen=settings.stream_maxlen, safety_ttl_s=settings.unfinished_ttl_s
         )
         writer.start()
-        runner_ = JobRunner(settings, events, writer)
+        leases = Leases(redis, settings.lease_ttl_s, lambda: runner_.active())
+        runner_ = JobRunner(settings, events, writer, leases)
+        leases.start()
+        reaper = Reaper(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
+        reaper.start()
+        holder["background"] = [leases, reaper]
         ctx["runner"] = runner_
         holder["redis"] = redis
         holder["listener"] = asyncio.create_task(_listen(redis, worker, runner_))
@@ -121,6 +136,8 @@ def create_worker(settings: Settings) -> RelayWorker:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+        for service in holder.get("background", []):
+            await service.aclose()
         runner_: JobRunner | None = ctx.get("runner")
         if runner_ is not None:
             await runner_.writer.aclose()
@@ -140,5 +157,8 @@ def create_worker(settings: Settings) -> RelayWorker:
         keep_result=0,
         poll_delay=settings.queue_poll_s,
         handle_signals=True,
+        # SIGTERM: take no new jobs, let running ones finish for this long, then stop the rest
+        # (their streams end with worker_lost rather than breaking off).
+        job_completion_wait=int(settings.shutdown_grace_s),
     )
     return worker

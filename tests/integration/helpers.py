@@ -99,3 +99,35 @@ def assert_well_formed(events: list[Ev]) -> None:
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     deltas = [e.data["index"] for e in events if e.type == "delta"]
     assert deltas == list(range(len(deltas)))
+
+
+async def follow_resilient(
+    client: httpx.AsyncClient, job_id: str, *, within: float = 60.0, max_reconnects: int = 50
+) -> tuple[list[Ev], int]:
+    """Follow a job to its ``end`` through dropped connections and restarts, resuming with
+    ``Last-Event-ID`` each time, as a client on a flaky network does. Returns the events and
+    how many times it reconnected."""
+    events: list[Ev] = []
+    reconnects = 0
+    async with asyncio.timeout(within):
+        while True:
+            headers = {"Last-Event-ID": events[-1].id} if events else {}
+            buf = b""
+            try:
+                async with client.stream(
+                    "GET", f"/v1/jobs/{job_id}/events", headers=headers
+                ) as response:
+                    if response.status_code == 200:
+                        async for part in response.aiter_bytes():
+                            buf += part
+                            complete = buf[: buf.rfind(b"\n\n") + 2]
+                            if complete:
+                                events += parse_sse(complete)[0]
+                                buf = buf[len(complete) :]
+                            if events and events[-1].type == "end":
+                                return events, reconnects
+            except httpx.HTTPError:
+                pass
+            reconnects += 1
+            assert reconnects <= max_reconnects, "too many reconnects"
+            await asyncio.sleep(0.1)

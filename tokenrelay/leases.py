@@ -1,0 +1,141 @@
+"""Leases on running jobs, so a job whose worker died still ends, within a bounded time.
+
+A worker holds a lease on each job it runs: a member of one sorted set scored by the lease's
+deadline (ms), renewed every second for all its jobs in one command. A reaper, in every API
+and worker process, ends each job whose lease ran out with ``error`` ``worker_lost`` and the
+one ``end``, atomically and only if the job is still running; it also takes the job's
+ownership, so a worker that was merely stalled can no longer write to it.
+
+A job's stream thus ends at most ``lease_ttl_s + REAP_INTERVAL_S`` after its worker died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import resources
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from tokenrelay.events import KEY_PREFIX, job_keys
+
+log = structlog.get_logger("tokenrelay.leases")
+
+LEASES_KEY = f"{KEY_PREFIX}:leases"
+RENEW_INTERVAL_S = 1.0
+REAP_INTERVAL_S = 1.0
+REAP_BATCH = 100
+REAP_LUA = (resources.files("tokenrelay") / "lua" / "reap.lua").read_text()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Leases:
+    """The leases of one worker process's running jobs."""
+
+    def __init__(self, redis: Redis, ttl_s: float, active: Callable[[], set[str]]) -> None:
+        self.redis = redis
+        self.ttl_ms = int(ttl_s * 1000)
+        self._active = active
+        self._task: asyncio.Task[None] | None = None
+
+    async def take(self, job_id: str) -> None:
+        """Hold a lease on ``job_id`` from now (before its first event is published)."""
+        await self.redis.zadd(LEASES_KEY, {job_id: _now_ms() + self.ttl_ms})
+
+    async def release(self, job_id: str) -> None:
+        with contextlib.suppress(RedisError):
+            await self.redis.zrem(LEASES_KEY, job_id)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._renew_forever(), name="tokenrelay-leases")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_INTERVAL_S)
+            jobs = self._active()
+            if not jobs:
+                continue
+            deadline = _now_ms() + self.ttl_ms
+            try:
+                # XX: renew only; a job the reaper or its end already removed stays removed.
+                await self.redis.zadd(LEASES_KEY, dict.fromkeys(jobs, deadline), xx=True)
+            except RedisError as exc:
+                log.warning("lease_renew_failed", error=type(exc).__name__, jobs=len(jobs))
+
+
+class Reaper:
+    """Ends the jobs whose lease ran out. Safe to run in many processes at once."""
+
+    def __init__(self, redis: Redis, *, ttl_s: int, maxlen: int) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+        self.maxlen = maxlen
+        self._script = redis.register_script(REAP_LUA)
+        self._task: asyncio.Task[None] | None = None
+        self.reaped = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._reap_forever(), name="tokenrelay-reaper")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _reap_forever(self) -> None:
+        while True:
+            # Jitter, so reapers in many processes do not all wake at once.
+            await asyncio.sleep(REAP_INTERVAL_S * random.uniform(0.5, 1.0))
+            try:
+                await self.reap_once()
+            except RedisError as exc:
+                log.warning("reap_failed", error=type(exc).__name__)
+
+    async def reap_once(self) -> int:
+        """End every job whose lease has run out; returns how many this call ended."""
+        expired = await self.redis.zrangebyscore(
+            LEASES_KEY, "-inf", _now_ms(), start=0, num=REAP_BATCH
+        )
+        ended = 0
+        for raw in expired:
+            job_id = raw.decode()
+            error = {
+                "type": "worker_lost",
+                "message": "the worker running this job stopped responding mid-stream",
+                "retryable": True,
+            }
+            now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            done = await self._script(
+                keys=list(job_keys(job_id)),
+                args=[
+                    now,
+                    self.ttl_s,
+                    orjson.dumps(error),
+                    orjson.dumps({"finish_reason": "error"}),
+                    self.maxlen,
+                    orjson.dumps(error),
+                ],
+            )
+            await self.redis.zrem(LEASES_KEY, job_id)
+            if done:
+                ended += 1
+                log.warning("job_reaped", job_id=job_id)
+        self.reaped += ended
+        return ended
