@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
+from api.admission import admit, prompt_chars
 from api.auth import tenant_of
 from api.encoding import (
     KEEPALIVE,
@@ -134,6 +135,7 @@ async def submit_job(
     model = body.model or config.default_model
     if model is None and config.kind != "sse":
         raise ApiError(422, f"upstream {upstream_name!r} needs a model", param="model")
+    await admit(r, tenant, prompt_chars(body.prompt, body.messages))
 
     request_json = body.model_dump(mode="json", exclude_none=True, exclude={"metadata", "upstream"})
     request_json["model"] = model

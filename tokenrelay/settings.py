@@ -71,6 +71,10 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="fallback queue poll when no wake-up"
     )
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_prompt_chars: int = Field(default=500_000, gt=0)
+    max_events_per_job: int = Field(default=50_000, ge=10, description="then it ends: length")
+    rate_limit_per_min: int = Field(default=0, ge=0, description="jobs per key a minute; 0 = off")
+    max_queue_depth: int = Field(default=10_000, gt=0, description="queued jobs; then 503")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 

@@ -71,6 +71,7 @@ class _Outcome:
     error: dict[str, Any] | None = None
     usage: Usage | None = None
     text_chunks: int = 0
+    events: int = 0
     deltas: int = 0
     text_chars: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -328,6 +329,11 @@ class JobRunner:
                     if isinstance(chunk, TextDelta | ToolCallDelta):
                         waiting_first = False
                         silence.reschedule(loop.time() + config.idle_s)
+                        if outcome.events >= self.settings.max_events_per_job:
+                            # Truncated by our limit, as by max_tokens: the answer is cut short.
+                            outcome.finish_reason = "length"
+                            log.warning("job_event_limit", events=outcome.events)
+                            return
         except TimeoutError:
             if waiting_first:
                 raise UpstreamTimeout(f"no first token within {config.first_token_s:g} s") from None
@@ -340,6 +346,7 @@ class JobRunner:
             return
         stream.publish("delta", {"index": outcome.deltas, "text": text}, text=text)
         outcome.deltas += 1
+        outcome.events += 1
         outcome.text_chars += len(text)
 
     def _tool_call(self, stream: JobStream, outcome: _Outcome, chunk: ToolCallDelta) -> None:
@@ -360,6 +367,7 @@ class JobRunner:
         data["arguments"] = chunk.arguments
         calls = [outcome.tool_calls[i] for i in sorted(outcome.tool_calls)]
         stream.publish("tool_call", data, fields={"tool_calls": orjson.dumps(calls).decode()})
+        outcome.events += 1
 
     def _usage_data(self, outcome: _Outcome, source: str) -> dict[str, Any]:
         assert outcome.usage is not None
