@@ -159,8 +159,12 @@ class Hub:
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self._reader_id = None
                 log.warning("hub_reader_retry", error=type(exc).__name__, delay_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            except Exception as exc:
+                # Never die: every listener of this process depends on this one task.
+                self._reader_id = None
+                log.error("hub_reader_failed", error=type(exc).__name__, exc_info=exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def _read_forever(self) -> None:
         while True:

@@ -7,6 +7,8 @@ one ``end``, atomically and only if the job is still running; it also takes the 
 ownership, so a worker that was merely stalled can no longer write to it.
 
 A job's stream thus ends at most ``lease_ttl_s + REAP_INTERVAL_S`` after its worker died.
+The lease is taken as soon as a worker takes the job from the queue, before it starts it: a
+worker that dies in between leaves a queued job, which the reaper hands back to the queue.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from importlib import resources
 
 import orjson
 import structlog
+from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tokenrelay.events import KEY_PREFIX, job_keys
+from tokenrelay.events import KEY_PREFIX, WAKE_CHANNEL, job_keys
 
 log = structlog.get_logger("tokenrelay.leases")
 
@@ -133,8 +136,14 @@ class Reaper:
                     orjson.dumps(error),
                 ],
             )
+            if done == 2:
+                # arq still marks it in progress (for an hour): clear that so any worker
+                # takes it again now, and wake them.
+                await self.redis.delete(in_progress_key_prefix + job_id)
+                await self.redis.publish(WAKE_CHANNEL, b"1")
+                log.warning("job_requeued", job_id=job_id)
             await self.redis.zrem(LEASES_KEY, job_id)
-            if done:
+            if done == 1:
                 ended += 1
                 log.warning("job_reaped", job_id=job_id)
         self.reaped += ended

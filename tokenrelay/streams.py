@@ -289,6 +289,11 @@ class EventWriter:
                 log.warning("event_write_retry", error=type(exc).__name__, delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            except Exception as exc:
+                # Not a transient error: fail these batches (their jobs end), keep the writer.
+                log.error("event_write_failed", error=type(exc).__name__, exc_info=exc)
+                results = [exc] * len(batches)
+                break
         self.rounds += 1
         for batch, result in zip(batches, results, strict=True):
             if batch.done.done():

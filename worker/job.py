@@ -129,11 +129,10 @@ class JobRunner:
 
     async def _run(self, job_id: str, job_try: int) -> None:
         owner = f"{self.worker_id}:{secrets.token_hex(6)}"
-        # Register before claiming, so a cancel that follows the claim always finds the job,
-        # and take the lease first, so a job is never running without one.
+        # Register before claiming, so a cancel that follows the claim always finds the job
+        # (the worker leased the job already, when it took it from the queue).
         self._active.add(job_id)
         stream: JobStream | None = None
-        await self.leases.take(job_id)
         try:
             claimed = await self.events.claim(
                 job_id,
@@ -179,7 +178,6 @@ class JobRunner:
             self._active.discard(job_id)
             self._cancel_requested.discard(job_id)
             self._pumps.pop(job_id, None)
-            await self.leases.release(job_id)
 
     async def _attempt(
         self,

@@ -43,6 +43,18 @@ class RelayWorker(Worker):
     def wake(self) -> None:
         self._work.set()
 
+    async def run_job(self, job_id: str, score: int) -> None:
+        # Lease the job the moment it leaves the queue, so a death before it starts is noticed.
+        runner: JobRunner | None = self.ctx.get("runner")
+        if runner is None:
+            await super().run_job(job_id, score)
+            return
+        await runner.leases.take(job_id)
+        try:
+            await super().run_job(job_id, score)
+        finally:
+            await runner.leases.release(job_id)
+
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         self._work.set()  # a slot is free: take the next queued job now
@@ -147,7 +159,8 @@ def create_worker(settings: Settings) -> RelayWorker:
         log.info("worker_stopped")
 
     worker = RelayWorker(
-        functions=[func(generate, name=JOB_FUNCTION, max_tries=2)],
+        # Tries guard nothing here (a claim never runs a job twice): let arq re-run freely.
+        functions=[func(generate, name=JOB_FUNCTION, max_tries=100)],
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=on_startup,
         on_shutdown=on_shutdown,

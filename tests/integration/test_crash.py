@@ -142,3 +142,27 @@ async def test_redis_restart_loses_no_acknowledged_event(
                 assert_well_formed(await collect(c, again))
     finally:
         redis.stop()
+
+
+async def test_a_job_whose_worker_died_before_starting_it_runs_again(
+    tmp_path: Path, redis_url: str, upstream: UpstreamServer
+) -> None:
+    """The state a worker leaves when it dies between taking a job from arq's queue and
+    starting it: arq's in-progress mark (an hour long) and an expired lease, status queued."""
+    url = redis_url.rsplit("/", 1)[0] + "/11"
+    env = system_env(upstream, TOKENRELAY_LEASE_TTL_S="2")
+    with relay_system(tmp_path, url, env, workers=0) as system:
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=10) as c:
+            job_id = await submit(c, model="hello")
+            r = aioredis.Redis.from_url(url)
+            try:
+                await r.set(f"arq:in-progress:{job_id}", b"1", px=3_600_000)
+                await r.zadd("tr:leases", {job_id: int(time.time() * 1000) - 1})
+            finally:
+                await r.aclose()
+            await asyncio.to_thread(system.start_worker)
+            events = await collect(c, job_id, within=15)
+            assert_well_formed(events)
+            assert events[-1].data == {"finish_reason": "stop"}
+            assert [e.data["attempt"] for e in events if e.type == "start"] == [1]
+            assert '"job_requeued"' in system.log("api") + system.log("worker0")
