@@ -15,6 +15,7 @@ from api import errors
 from api.errors import error_response
 from api.jobs import router
 from api.listing import router as listing_router
+from api.ops import router as ops_router
 from api.state import Relay
 from tokenrelay.settings import Settings
 
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(router)
+    app.include_router(ops_router)
     app.include_router(listing_router)
 
     page = (Path(__file__).parent / "static" / "index.html").read_bytes()

@@ -106,6 +106,11 @@ class Hub:
         return Subscription(self, job_id, after)
 
     @property
+    def streams(self) -> int:
+        """Jobs this process follows now."""
+        return len(self._cursors)
+
+    @property
     def listeners(self) -> int:
         return sum(len(subs) for subs in self._subs.values())
 

@@ -16,10 +16,12 @@ from typing import Any
 import httpx
 import orjson
 import structlog
+from redis.exceptions import RedisError
 
 from tokenrelay.errors import Fenced, UpstreamError, UpstreamTimeout
 from tokenrelay.events import ErrorType, FinishReason, status_for
 from tokenrelay.leases import Leases
+from tokenrelay.metrics import record_job
 from tokenrelay.settings import Settings, UpstreamConfig
 from tokenrelay.streams import EventLog, EventWriter, JobStream
 from tokenrelay.upstreams import make_upstream
@@ -157,14 +159,14 @@ class JobRunner:
             stream.publish("start", start)
             if claimed.attempt > 1:
                 # The attempt before died mid-stream; its readers saw part of an answer.
-                await self._end(stream, _lost_outcome())
+                await self._end(stream, _lost_outcome(), claimed.upstream)
                 return
             if claimed.cancel_requested:
                 self._cancel_requested.add(job_id)
             outcome = await self._attempt(
                 job_id, stream, claimed.upstream, claimed.request, dict(start)
             )
-            await self._end(stream, outcome)
+            await self._end(stream, outcome, claimed.upstream)
         except Fenced:
             log.info("job_fenced")
         except asyncio.CancelledError:
@@ -380,7 +382,7 @@ class JobRunner:
             "source": source,
         }
 
-    async def _end(self, stream: JobStream, outcome: _Outcome) -> None:
+    async def _end(self, stream: JobStream, outcome: _Outcome, upstream: str = "") -> None:
         """Publish ``error`` (if any) and the one ``end``, with the final status fields."""
         fields = {
             "status": status_for(outcome.finish_reason),
@@ -403,14 +405,30 @@ class JobRunner:
             await stream.finish(
                 {"finish_reason": outcome.finish_reason}, fields, self.settings.stream_ttl_s
             )
+        duration = time.monotonic() - outcome.started
+        error_type = None if outcome.error is None else str(outcome.error["type"])
         log.info(
             "job_finished",
             finish_reason=outcome.finish_reason,
             deltas=outcome.deltas,
             chars=outcome.text_chars,
-            error_type=None if outcome.error is None else outcome.error["type"],
-            duration_ms=round((time.monotonic() - outcome.started) * 1000, 1),
+            error_type=error_type,
+            duration_ms=round(duration * 1000, 1),
         )
+        with contextlib.suppress(RedisError):  # metrics must never fail a job
+            async with self.events.redis.pipeline(transaction=False) as pipe:
+                record_job(
+                    pipe,
+                    status=fields["status"],
+                    upstream=upstream,
+                    ttft_s=None
+                    if outcome.first_token is None
+                    else outcome.first_token - outcome.started,
+                    duration_s=duration,
+                    deltas=outcome.deltas,
+                    error_type=error_type,
+                )
+                await pipe.execute()
 
 
 def _error(

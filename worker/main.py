@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from tokenrelay.events import CANCEL_CHANNEL, JOB_FUNCTION, WAKE_CHANNEL
 from tokenrelay.leases import Leases, Reaper
+from tokenrelay.metrics import heartbeat
 from tokenrelay.settings import Settings
 from tokenrelay.streams import EventLog, EventWriter
 from worker.job import JobRunner
@@ -116,6 +117,14 @@ async def _listen(redis: Redis, worker: RelayWorker, runner: JobRunner) -> None:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
+async def _heartbeat(redis: Redis, worker_id: str) -> None:
+    """Tell the API's ``/readyz`` this worker is alive, every two seconds."""
+    while True:
+        with contextlib.suppress(RedisError, OSError):
+            await heartbeat(redis, worker_id)
+        await asyncio.sleep(2.0)
+
+
 def create_worker(settings: Settings) -> RelayWorker:
     """A worker for ``settings``; ``run()`` it (it handles SIGINT and SIGTERM)."""
     holder: dict[str, Any] = {}
@@ -133,6 +142,7 @@ def create_worker(settings: Settings) -> RelayWorker:
         reaper = Reaper(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
         reaper.start()
         holder["background"] = [leases, reaper]
+        holder["heartbeat"] = asyncio.create_task(_heartbeat(redis, runner_.worker_id))
         ctx["runner"] = runner_
         holder["redis"] = redis
         holder["listener"] = asyncio.create_task(_listen(redis, worker, runner_))
@@ -143,11 +153,11 @@ def create_worker(settings: Settings) -> RelayWorker:
         )
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
-        listener = holder.get("listener")
-        if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+        for task in (holder.get("listener"), holder.get("heartbeat")):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for service in holder.get("background", []):
             await service.aclose()
         runner_: JobRunner | None = ctx.get("runner")
