@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import re
 import secrets
@@ -332,13 +333,15 @@ async def _follow(r: Relay, job_id: str, after: EventId, fmt: WireFormat) -> Asy
             return
         if status in TERMINAL_STATUSES and end_id and EventId.parse(end_id) <= last:
             return
+        render = functools.partial(encode, fmt=fmt)
         while True:
-            events = await sub.next(r.settings.keepalive_s)
-            if events is None:
+            batches = await sub.next(r.settings.keepalive_s)
+            if batches is None:
                 yield KEEPALIVE[fmt]
-            elif events:
-                yield encode(events, fmt)
-                if _has_end(events):
+            elif batches:
+                # One write a wake-up, however many batches; each batch encoded once for all.
+                yield b"".join(batch.encoded(fmt, render) for batch in batches)
+                if _has_end(batches[-1].events):
                     return
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -31,6 +32,27 @@ MAX_QUEUED_BATCHES = 256
 """A listener that falls this far behind drops its queue and catches up from Redis instead."""
 
 
+class Batch:
+    """Events handed to listeners together. Listeners given the same batch share its wire
+    encoding: with a thousand listeners on a job, a batch is encoded once, not a thousand
+    times."""
+
+    __slots__ = ("_encoded", "events")
+
+    def __init__(self, events: list[StoredEvent]) -> None:
+        self.events = events
+        self._encoded: dict[str, bytes] = {}
+
+    def encoded(self, fmt: str, render: Callable[[list[StoredEvent]], bytes]) -> bytes:
+        data = self._encoded.get(fmt)
+        if data is None:
+            data = self._encoded[fmt] = render(self.events)
+        return data
+
+
+EMPTY = Batch([])
+
+
 class Subscription:
     """One listener's view of a job's events after a given id. Use ``async with``."""
 
@@ -38,7 +60,7 @@ class Subscription:
         self.hub = hub
         self.job_id = job_id
         self.last = after
-        self._queue: deque[tuple[EventId, list[StoredEvent]]] = deque()
+        self._queue: deque[tuple[EventId, Batch]] = deque()
         self._ready = asyncio.Event()
 
     async def __aenter__(self) -> Subscription:
@@ -48,32 +70,39 @@ class Subscription:
     async def __aexit__(self, *exc_info: object) -> None:
         self.hub._remove(self)
 
-    def _push(self, start: EventId, events: list[StoredEvent]) -> None:
+    def _push(self, start: EventId, batch: Batch) -> None:
         if len(self._queue) >= MAX_QUEUED_BATCHES:
             # Too slow to keep up: forget the backlog, remember only where it started.
             # Readers never slow the hub or each other; this one refills from Redis.
             first_start = self._queue[0][0]
             self._queue.clear()
-            self._queue.append((first_start, []))
-        self._queue.append((start, events))
+            self._queue.append((first_start, EMPTY))
+        self._queue.append((start, batch))
         self._ready.set()
 
-    async def next(self, idle_s: float) -> list[StoredEvent] | None:
-        """The next events after ``last``, in order; None if nothing came within ``idle_s``."""
+    async def next(self, idle_s: float) -> list[Batch] | None:
+        """The next events after ``last``, in order, as batches; None if nothing came within
+        ``idle_s``. Each event is handed out once."""
         if not self._queue:
             self._ready.clear()
             try:
                 await asyncio.wait_for(self._ready.wait(), idle_s)
             except TimeoutError:
                 return None
-        out: list[StoredEvent] = []
+        out: list[Batch] = []
         while self._queue:
-            start, events = self._queue.popleft()
+            start, batch = self._queue.popleft()
             if self.last < start:
-                out += await self._fill(start)
-            out += [event for event in events if EventId.parse(event.id) > self.last]
-            if out:
-                self.last = EventId.parse(out[-1].id)
+                filled = await self._fill(start)
+                if filled:
+                    out.append(Batch(filled))
+            events = batch.events
+            if events and EventId.parse(events[0].id) <= self.last:
+                events = [event for event in events if EventId.parse(event.id) > self.last]
+                batch = Batch(events)  # a part: its own encoding
+            if events:
+                out.append(batch)
+                self.last = EventId.parse(events[-1].id)
         return out
 
     async def _fill(self, upto: EventId) -> list[StoredEvent]:
@@ -135,7 +164,7 @@ class Hub:
             self._interrupt()
         elif sub.last < cursor:
             # Events up to the cursor were handed out before this listener came: fetch them.
-            sub._push(cursor, [])
+            sub._push(cursor, EMPTY)
 
     def _remove(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.job_id)
@@ -201,5 +230,6 @@ class Hub:
             return
         events = [StoredEvent(eid.decode(), f[b"t"].decode(), f[b"d"]) for eid, f in entries]
         self._cursors[job_id] = max(current, EventId.parse(events[-1].id))
+        batch = Batch(events)
         for sub in self._subs.get(job_id, ()):
-            sub._push(start, events)
+            sub._push(start, batch)

@@ -8,7 +8,7 @@ import email.utils
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
@@ -117,14 +117,16 @@ def parse_json(raw: str, what: str) -> Any:
             ) from exc
 
 
-@contextlib.contextmanager
-def wire_shape(raw: str) -> Iterator[None]:
-    """Valid JSON of the wrong shape (a string where an object belongs, a null count) is a
-    protocol error, not a crash: adapters promise to raise only ``UpstreamError``."""
-    try:
-        yield
-    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
-        raise UpstreamProtocol(f"upstream sent JSON of an unexpected shape: {raw[:200]!r}") from exc
+SHAPE_ERRORS = (AttributeError, TypeError, ValueError, KeyError, IndexError)
+"""What reading valid JSON of the wrong shape raises (a string where an object belongs, a
+null count): adapters turn these into ``UpstreamProtocol``, as they promise only
+``UpstreamError``."""
+
+
+def wrong_shape(raw: str, exc: Exception) -> UpstreamProtocol:
+    error = UpstreamProtocol(f"upstream sent JSON of an unexpected shape: {raw[:200]!r}")
+    error.__cause__ = exc
+    return error
 
 
 @contextlib.asynccontextmanager
@@ -141,6 +143,7 @@ async def open_stream(
     timeout = httpx.Timeout(
         connect=config.connect_s, read=None, write=config.connect_s, pool=config.connect_s
     )
+    streaming = False
     try:
         async with client.stream(
             "POST",
@@ -160,14 +163,17 @@ async def open_stream(
                     _error_message(error_body),
                     retry_after=_retry_after(response.headers.get("retry-after")),
                 )
-            chunks = _translated(response.aiter_raw())
+            streaming = True
+            chunks = response.aiter_raw()
+            # httpx errors raised while the adapter reads ``chunks`` are thrown in here,
+            # at the yield, and translated below like those of connecting.
             yield chunks
             # The adapter saw the end of the stream ([DONE] / done: true). Read what is left
             # (the chunked terminator) so the connection goes back to the pool for reuse
             # instead of being closed: a new connection per job costs a handshake.
             # Failing to do so costs only that reuse: the answer is already complete.
             drained = 0
-            with contextlib.suppress(TimeoutError, UpstreamUnavailable, UpstreamTimeout):
+            with contextlib.suppress(TimeoutError, httpx.HTTPError):
                 async with asyncio.timeout(DRAIN_TIMEOUT_S):
                     async for part in chunks:
                         drained += len(part)
@@ -176,19 +182,8 @@ async def open_stream(
     except httpx.TimeoutException as exc:
         raise UpstreamTimeout(f"upstream timed out ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:
-        raise UpstreamUnavailable(f"upstream connection failed ({type(exc).__name__})") from exc
-
-
-async def _translated(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    # Errors while reading the body surface inside the caller's loop, not at open_stream's
-    # ``except``; translate them here so adapters only ever see UpstreamError.
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(f"upstream went silent ({type(exc).__name__})") from exc
-    except httpx.TransportError as exc:
-        raise UpstreamUnavailable(f"upstream connection lost ({type(exc).__name__})") from exc
+        what = "connection lost mid-stream" if streaming else "connection failed"
+        raise UpstreamUnavailable(f"upstream {what} ({type(exc).__name__})") from exc
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -10,8 +10,9 @@ import orjson
 
 from tokenrelay.errors import UpstreamProtocol, UpstreamReportedError
 from tokenrelay.settings import UpstreamConfig
-from tokenrelay.upstreams._lines import aiter_lines
+from tokenrelay.upstreams._lines import LineDecoder
 from tokenrelay.upstreams.base import (
+    SHAPE_ERRORS,
     Chunk,
     Finish,
     GenerationRequest,
@@ -22,7 +23,7 @@ from tokenrelay.upstreams.base import (
     drop_none,
     open_stream,
     parse_json,
-    wire_shape,
+    wrong_shape,
 )
 
 
@@ -55,23 +56,36 @@ class OllamaUpstream:
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         path, body = self.payload(request)
         calls = 0
+        decoder = LineDecoder()
         async with open_stream(self.client, self.config, path, body) as chunks:
-            async for line in aiter_lines(chunks):
-                obj = parse_json(line, "line")
-                if not isinstance(obj, dict):
-                    raise UpstreamProtocol(
-                        f"upstream sent a line that is not an object: {line[:200]!r}"
-                    )
-                if "error" in obj:
-                    raise UpstreamReportedError(f"upstream error: {obj['error']!s}")
-                with wire_shape(line):
-                    out = _chunks(obj, calls)
+            async for raw in chunks:
+                for line in decoder.feed(raw):
+                    out, done = _interpret(line, calls)
+                    for chunk in out:
+                        calls += isinstance(chunk, ToolCallDelta)
+                        yield chunk
+                    if done:
+                        return
+            for line in decoder.flush():
+                out, done = _interpret(line, calls)
                 for chunk in out:
-                    calls += isinstance(chunk, ToolCallDelta)
                     yield chunk
-                if obj.get("done"):
+                if done:
                     return
         raise UpstreamProtocol("upstream stream ended without a final object with done: true")
+
+
+def _interpret(line: str, calls_before: int) -> tuple[list[Chunk], bool]:
+    """The chunks of one NDJSON line, and whether it was the final one."""
+    obj = parse_json(line, "line")
+    if not isinstance(obj, dict):
+        raise UpstreamProtocol(f"upstream sent a line that is not an object: {line[:200]!r}")
+    if "error" in obj:
+        raise UpstreamReportedError(f"upstream error: {obj['error']!s}")
+    try:
+        return _chunks(obj, calls_before), bool(obj.get("done"))
+    except SHAPE_ERRORS as exc:
+        raise wrong_shape(line, exc) from exc
 
 
 def _chunks(obj: dict[str, Any], calls_before: int) -> list[Chunk]:

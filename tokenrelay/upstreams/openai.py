@@ -9,8 +9,9 @@ import httpx
 
 from tokenrelay.errors import UpstreamProtocol, UpstreamReportedError
 from tokenrelay.settings import UpstreamConfig
-from tokenrelay.upstreams._sse import aiter_sse
+from tokenrelay.upstreams._sse import ServerSentEvent, SSEDecoder
 from tokenrelay.upstreams.base import (
+    SHAPE_ERRORS,
     Chunk,
     Finish,
     GenerationRequest,
@@ -21,7 +22,7 @@ from tokenrelay.upstreams.base import (
     drop_none,
     open_stream,
     parse_json,
-    wire_shape,
+    wrong_shape,
 )
 
 MAX_STOP = 4
@@ -57,24 +58,35 @@ class OpenAIUpstream:
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         path, body = self.payload(request)
         finished = False
+        decoder = SSEDecoder()
         async with open_stream(self.client, self.config, path, body) as chunks:
-            async for event in aiter_sse(chunks):
+            async for raw in chunks:
+                for event in decoder.feed(raw):
+                    if event.data == "[DONE]":
+                        return
+                    for chunk in _interpret(event):
+                        finished = finished or isinstance(chunk, Finish)
+                        yield chunk
+            for event in decoder.flush():
                 if event.data == "[DONE]":
                     return
-                obj = parse_json(event.data, "data field")
-                if not isinstance(obj, dict):
-                    raise UpstreamProtocol(
-                        f"upstream sent data that is not an object: {event.data[:200]!r}"
-                    )
-                if obj.get("error") is not None or event.event == "error":
-                    raise UpstreamReportedError(_error_text(obj.get("error", obj)))
-                with wire_shape(event.data):
-                    out = _chunks(obj)
-                for chunk in out:
+                for chunk in _interpret(event):
                     finished = finished or isinstance(chunk, Finish)
                     yield chunk
         if not finished:
             raise UpstreamProtocol("upstream stream ended before a finish_reason or [DONE]")
+
+
+def _interpret(event: ServerSentEvent) -> list[Chunk]:
+    obj = parse_json(event.data, "data field")
+    if not isinstance(obj, dict):
+        raise UpstreamProtocol(f"upstream sent data that is not an object: {event.data[:200]!r}")
+    if obj.get("error") is not None or event.event == "error":
+        raise UpstreamReportedError(_error_text(obj.get("error", obj)))
+    try:
+        return _chunks(obj)
+    except SHAPE_ERRORS as exc:
+        raise wrong_shape(event.data, exc) from exc
 
 
 def _chunks(obj: dict[str, Any]) -> list[Chunk]:
