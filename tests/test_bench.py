@@ -28,6 +28,8 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
         "submit -> first delta at consumer",
         "upstream write -> consumer read per delta",
         "deltas/s one worker publishes",
+        "deliveries/s to 50 SSE listeners",
+        "50 concurrent jobs on one worker",
         "reconnect with Last-Event-ID",
         "Redis memory per finished job",
     ):

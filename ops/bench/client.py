@@ -98,7 +98,7 @@ def event_id(block: bytes) -> str:
 
 def sent_ns(block: bytes) -> int | None:
     """The upstream's send time carried in a delta's text (``t=<ns>;``)."""
-    at = block.find(b"t=")
+    at = block.find(b'"t=')
     if at < 0:
         return None
-    return int(block[at + 2 : block.index(b";", at)])
+    return int(block[at + 3 : block.index(b";", at)])

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -138,10 +139,10 @@ def stack(workdir: Path, workers: int = 1) -> Iterator[Stack]:
         s.stop()
 
 
-def job_body(tokens: int, rate: float, stamp: bool = True) -> dict[str, object]:
+def job_body(tokens: int, rate: float, stamp: bool = True, wait: float = 0) -> dict[str, object]:
     return {
         "upstream": "bench",
-        "model": f"tokens={tokens},rate={rate:g},stamp={int(stamp)}",
+        "model": f"tokens={tokens},rate={rate:g},stamp={int(stamp)},wait={wait:g}",
         "messages": [{"role": "user", "content": "bench"}],
     }
 
@@ -324,15 +325,116 @@ async def resume_latency(s: Stack, n: int) -> tuple[Row, Row]:
     )
 
 
+STAMP = re.compile(rb'"t=(\d+);')
+
+
+async def fanout(s: Stack, listeners: int, rate: float, tokens: int) -> Row:
+    """One job, many SSE listeners on one API process; deliveries counted per stamp."""
+    conn = await Conn.open(s.api_port)
+    wait = 2.0 + listeners / 500  # time for every listener to connect before the first token
+    _, created = await conn.post_json("/v1/jobs", job_body(tokens, rate, wait=wait))
+    conn.close()
+    path = f"/v1/jobs/{created['id']}/events"
+    latencies: list[float] = []
+    late = 0
+    span: list[float] = []
+
+    async def listen() -> int:
+        nonlocal late
+        c = await Conn.open(s.api_port)
+        got = 0
+        c._send_get(path, None)
+        await c._head()
+        async for part in c._chunks():
+            now = time.time_ns()
+            stamps = STAMP.findall(part)
+            got += len(stamps)
+            for raw in stamps[-1:]:  # one latency sample per read: the newest event in it
+                latencies.append((now - int(raw)) / 1e6)
+            late += sum(1 for raw in stamps if now - int(raw) > 1e9)
+            if b"event: end" in part:
+                break
+        span.append(time.perf_counter())
+        c.close()
+        return got
+
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*(listen() for _ in range(listeners)))
+    delivered = sum(counts)
+    expected = listeners * tokens
+    live = (delivered - late) / expected * 100
+    duration = tokens / rate
+    rate_live = delivered / max(max(span) - t0 - wait, duration)
+    return Row(
+        f"deliveries/s to {listeners} SSE listeners of one job at {rate:g} deltas/s",
+        f"{rate_live:,.0f}/s, {live:.1f} % live, p99 {pct(latencies, 99):.0f} ms",
+        f"{listeners} x {rate:g} = {listeners * rate:,.0f}/s",
+        ">= 95 % live, p99 <= 150 ms",
+        live >= 95 and pct(latencies, 99) <= 150,
+    )
+
+
+async def concurrency(s: Stack, jobs: int, rate: float, seconds: float) -> Row:
+    """Many slow jobs on one worker: is the publish lag flat from the first second to the
+    last, and what does a job cost in worker memory?"""
+    import psutil
+
+    worker = psutil.Process(next(p.pid for p in s.procs if "worker" in " ".join(p.args)))
+    rss_before = worker.memory_info().rss
+    tokens = int(rate * seconds)
+    conn = await Conn.open(s.api_port)
+    ids = []
+    for _ in range(jobs):
+        _, created = await conn.post_json("/v1/jobs", job_body(tokens, rate))
+        ids.append(created["id"])
+    conn.close()
+    r = aioredis.Redis.from_url(s.redis_url)
+    peak = 0
+    deadline = time.monotonic() + seconds * 3 + 30
+    while time.monotonic() < deadline:
+        peak = max(peak, worker.memory_info().rss)
+        running = await r.zcard("tr:leases")
+        statuses = await asyncio.gather(*(r.hget(f"tr:{{{i}}}:job", "status") for i in ids[:50]))
+        if running == 0 and all(st not in (b"queued", b"running") for st in statuses):
+            break
+        await asyncio.sleep(0.5)
+    early, late_lags = [], []
+    for job_id in ids:
+        for eid, fields in await r.xrange(f"tr:{{{job_id}}}:events"):
+            sent = sent_ns(fields[b"d"])
+            if sent is None:
+                continue
+            lag = int(eid.split(b"-")[0]) - sent / 1e6
+            index = orjson.loads(fields[b"d"])["index"]
+            (
+                early if index < tokens // 4 else late_lags if index >= tokens * 3 // 4 else []
+            ).append(lag)
+    await r.aclose()
+    per_job_kb = (peak - rss_before) / jobs / 1024
+    growing = pct(late_lags, 99) > pct(early, 99) + 50
+    return Row(
+        f"{jobs} concurrent jobs on one worker at {rate:g} tok/s, publish lag (ms)",
+        f"first quarter p99 {pct(early, 99):.0f}, last quarter p99 {pct(late_lags, 99):.0f}; "
+        f"{per_job_kb:.0f} KB/job",
+        "-",
+        ">= 1000 jobs, no growing lag",
+        jobs >= 1000 and not growing,
+    )
+
+
 async def suite(s: Stack, quick: bool) -> list[Row]:
     rows = [await ttft(s, 20 if quick else 200)]
     if quick:
         rows.append(await delta_latency(s, jobs=10, tokens=20, rate=50))
         rows.append(await publish_rate(s, jobs=50, tokens=50))
+        rows.append(await fanout(s, listeners=50, rate=200, tokens=200))
+        rows.append(await concurrency(s, jobs=50, rate=20, seconds=2))
         rows += await resume_latency(s, 20)
     else:
         rows.append(await delta_latency(s, jobs=100, tokens=150, rate=50))
         rows.append(await publish_rate(s, jobs=500, tokens=200))
+        rows.append(await fanout(s, listeners=1000, rate=1000, tokens=3000))
+        rows.append(await concurrency(s, jobs=1000, rate=20, seconds=10))
         rows += await resume_latency(s, 200)
     return rows
 

@@ -4,7 +4,8 @@ A load generator, not a test double: plain asyncio streams, HTTP/1.1 keep-alive,
 as little overhead as possible so the figures measure tokenrelay. The request's ``model``
 field says what to stream: ``"tokens=50,rate=20"`` (rate 0 = as fast as possible). Each
 delta's text carries the send time (``t=<ns>;``) so a consumer can measure per-delta latency;
-with ``stamp=0`` the deltas are ordinary short words instead (for memory figures).
+with ``stamp=0`` the deltas are ordinary short words instead (for memory figures);
+``wait=S`` holds the answer back S seconds.
 
     python ops/bench/upstream.py --port 9100
 """
@@ -21,9 +22,10 @@ import orjson
 WORDS = [" the", " quick", " brown", " fox", " jumps", " over", " a", " lazy", " dog", "."]
 
 
-def parse_spec(model: str) -> tuple[int, float, bool]:
+def parse_spec(model: str) -> tuple[int, float, bool, float]:
     spec = dict(part.split("=", 1) for part in model.split(",") if "=" in part)
-    return int(spec.get("tokens", 50)), float(spec.get("rate", 0)), spec.get("stamp", "1") == "1"
+    tokens, rate = int(spec.get("tokens", 50)), float(spec.get("rate", 0))
+    return tokens, rate, spec.get("stamp", "1") == "1", float(spec.get("wait", 0))
 
 
 def chunk(data: bytes) -> bytes:
@@ -44,7 +46,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 if name.strip().lower() == b"content-length":
                     length = int(value)
             body = orjson.loads(await reader.readexactly(length)) if length else {}
-            tokens, rate, stamp = parse_spec(str(body.get("model", "")))
+            tokens, rate, stamp, wait = parse_spec(str(body.get("model", "")))
+            if wait:
+                await asyncio.sleep(wait)  # lets listeners gather before the first token
             writer.write(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                 b"transfer-encoding: chunked\r\n\r\n"
