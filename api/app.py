@@ -15,6 +15,8 @@ from api import errors
 from api.errors import error_response
 from api.jobs import router
 from api.listing import router as listing_router
+from api.ollama_compat import router as ollama_router
+from api.openai_compat import router as openai_router
 from api.ops import router as ops_router
 from api.state import Relay
 from tokenrelay.settings import Settings
@@ -86,6 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(ops_router)
     app.include_router(listing_router)
+    app.include_router(openai_router)
+    app.include_router(ollama_router)
 
     page = (Path(__file__).parent / "static" / "index.html").read_bytes()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import re
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -13,12 +12,11 @@ from typing import Annotated, Any
 
 import orjson
 import structlog
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
-from api.admission import admit, prompt_chars
-from api.auth import tenant_of
+from api.deps import RelayDep, TenantDep
 from api.encoding import (
     KEEPALIVE,
     NDJSON_MEDIA_TYPE,
@@ -29,25 +27,22 @@ from api.encoding import (
     wire_format,
 )
 from api.errors import ApiError
+from api.reading import follow, load_job, resume_point
 from api.schemas import ErrorBody, Job, JobCreated, JobRequest, UpstreamList
 from api.state import Relay
-from tokenrelay.errors import EventIdExpired, InvalidEventId, JobNotFound
+from api.submission import new_job_id, submit
 from tokenrelay.events import (
     CANCEL_CHANNEL,
     TERMINAL_STATUSES,
-    ZERO_ID,
     EventId,
     idempotency_key,
     job_key,
 )
-from tokenrelay.streams import StoredEvent
 
 log = structlog.get_logger("tokenrelay.api")
 
 router = APIRouter(prefix="/v1")
 
-JOB_ID = re.compile(r"^job_[A-Za-z0-9_-]{22}$")
-REPLAY_PAGE = 1000
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
@@ -66,15 +61,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-async def relay(request: Request) -> Relay:
-    state: Relay = request.app.state.relay
-    return state
-
-
-RelayDep = Annotated[Relay, Depends(relay)]
-TenantDep = Annotated[str, Depends(tenant_of)]
 
 
 def _created(job_id: str, status: str, created_at: str) -> dict[str, Any]:
@@ -117,32 +103,7 @@ async def submit_job(
     ] = None,
 ) -> JSONBody:
     """Enqueue a generation job. Its events stream at ``events_url``."""
-    upstream_name = body.upstream or r.settings.resolved_default_upstream
-    if upstream_name is None:
-        raise ApiError(422, "name an upstream: none is the default", param="upstream")
-    config = r.settings.upstreams.get(upstream_name)
-    if config is None:
-        raise ApiError(
-            422,
-            f"unknown upstream {upstream_name!r}; configured: {sorted(r.settings.upstreams)}",
-            param="upstream",
-        )
-    if config.kind == "sse" and body.messages is not None:
-        raise ApiError(
-            422, f"upstream {upstream_name!r} takes a prompt, not messages", param="messages"
-        )
-    if config.kind == "sse" and body.tools:
-        raise ApiError(422, f"upstream {upstream_name!r} does not take tools", param="tools")
-    model = body.model or config.default_model
-    if model is None and config.kind != "sse":
-        raise ApiError(422, f"upstream {upstream_name!r} needs a model", param="model")
-    await admit(r, tenant, prompt_chars(body.prompt, body.messages))
-
-    request_json = body.model_dump(mode="json", exclude_none=True, exclude={"metadata", "upstream"})
-    request_json["model"] = model
-    job_id = f"job_{secrets.token_urlsafe(16)}"
-    created_at = now_rfc3339()
-
+    job_id = new_job_id()
     idem_key: str | None = None
     if idempotency_key_header is not None:
         canonical = orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
@@ -154,32 +115,18 @@ async def submit_job(
         )
         if not claimed:
             return await _idempotent_replay(r, idem_key, body_hash, tenant)
-
-    fields = {
-        "id": job_id,
-        "status": "queued",
-        "upstream": upstream_name,
-        "model": model or "",
-        "created_at": created_at,
-        "request": orjson.dumps(request_json).decode(),
-        "metadata": orjson.dumps(body.metadata).decode(),
-        "tenant": tenant,
-        "attempt": "0",
-        "nevents": "0",
-    }
     try:
-        await r.events.submit(job_id, fields, ttl_s=r.settings.unfinished_ttl_s)
+        job = await submit(r, tenant, body, via="jobs", job_id=job_id)
     except BaseException:
-        # The submit is atomic; only the idempotency claim could be left: release it.
+        # The submit is all or nothing; only the idempotency claim could be left: release it.
         if idem_key is not None:
             with contextlib.suppress(RedisError):
                 await r.redis.delete(idem_key)
         raise
-    log.info("job_submitted", job_id=job_id, upstream=upstream_name, has_tools=bool(body.tools))
     return JSONBody(
-        _created(job_id, "queued", created_at),
+        _created(job.id, "queued", job.created_at),
         status_code=202,
-        headers={"Location": f"/v1/jobs/{job_id}"},
+        headers={"Location": f"/v1/jobs/{job.id}"},
     )
 
 
@@ -201,16 +148,6 @@ async def _idempotent_replay(r: Relay, idem_key: str, body_hash: str, tenant: st
         status_code=200,
         headers={"Location": f"/v1/jobs/{job_id}"},
     )
-
-
-async def _load(r: Relay, job_id: str, tenant: str) -> tuple[dict[str, str], str]:
-    """The job's fields and text; 404 when unknown, expired or another key's."""
-    if not JOB_ID.match(job_id):
-        raise JobNotFound(job_id)
-    found = await r.events.get_job(job_id)
-    if found is None or not secrets.compare_digest(found[0].get("tenant", ""), tenant):
-        raise JobNotFound(job_id)
-    return found
 
 
 def _job_body(fields: dict[str, str], text: str) -> dict[str, Any]:
@@ -240,7 +177,7 @@ def _job_body(fields: dict[str, str], text: str) -> dict[str, Any]:
 @router.get("/jobs/{job_id}", response_model=Job, responses=ERRORS)
 async def get_job(job_id: str, r: RelayDep, tenant: TenantDep) -> JSONBody:
     """The job's status and everything streamed so far."""
-    fields, text = await _load(r, job_id, tenant)
+    fields, text = await load_job(r, job_id, tenant)
     return JSONBody(_job_body(fields, text))
 
 
@@ -252,7 +189,7 @@ async def get_job(job_id: str, r: RelayDep, tenant: TenantDep) -> JSONBody:
 )
 async def cancel_job(job_id: str, r: RelayDep, tenant: TenantDep) -> JSONBody:
     """Cancel a queued or running job; its stream ends with ``end`` ``cancelled``."""
-    fields, text = await _load(r, job_id, tenant)
+    fields, text = await load_job(r, job_id, tenant)
     if fields["status"] in TERMINAL_STATUSES:
         return JSONBody(_job_body(fields, text), status_code=200)
     if not await r.events.finish_queued(job_id, now_rfc3339(), {"finish_reason": "cancelled"}):
@@ -260,7 +197,7 @@ async def cancel_job(job_id: str, r: RelayDep, tenant: TenantDep) -> JSONBody:
         await r.redis.hset(job_key(job_id), "cancel_requested", "1")  # type: ignore[misc]
         await r.redis.publish(CANCEL_CHANNEL, job_id.encode())
     log.info("job_cancel_requested", job_id=job_id)
-    fields, text = await _load(r, job_id, tenant)
+    fields, text = await load_job(r, job_id, tenant)
     return JSONBody(_job_body(fields, text), status_code=202)
 
 
@@ -287,23 +224,8 @@ async def job_events(
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Follow the job's events over SSE (or NDJSON by ``Accept``), resumable by event id."""
-    await _load(r, job_id, tenant)
-    param, raw = ("after", after) if after is not None else ("Last-Event-ID", last_event_id)
-    if raw is None or raw == "":
-        start = ZERO_ID
-    elif raw == "now":
-        start = await r.events.last_id(job_id)
-    else:
-        try:
-            start = EventId.parse(raw)
-        except ValueError:
-            raise ApiError(400, f"malformed event id {raw!r}", param=param) from None
-        try:
-            await r.events.check_resume_point(job_id, start)
-        except InvalidEventId as exc:
-            raise ApiError(400, str(exc), param=param) from None
-        except EventIdExpired as exc:
-            raise ApiError(410, str(exc), param=param) from None
+    await load_job(r, job_id, tenant)
+    start = await resume_point(r, job_id, after, last_event_id)
     fmt = wire_format(accept)
     return StreamingResponse(
         _follow(r, job_id, start, fmt),
@@ -313,37 +235,9 @@ async def job_events(
 
 
 async def _follow(r: Relay, job_id: str, after: EventId, fmt: WireFormat) -> AsyncIterator[bytes]:
-    """Replay the events after ``after``, then tail live ones, until the ``end`` event."""
-    last = after
-    # Replay from Redis first, a page at a time.
-    while True:
-        page = await r.events.read(job_id, last, count=REPLAY_PAGE)
-        if page:
-            yield encode(page, fmt)
-            last = EventId.parse(page[-1].id)
-            if _has_end(page):
-                return
-        if len(page) < REPLAY_PAGE:
-            break
-    async with r.hub.subscribe(job_id, last) as sub:
-        # Subscribed at `last`: anything appended from now on reaches us. If the job already
-        # ended at or before `last` (a resume after `end`), nothing ever will: close now.
-        status, end_id = await r.events.job_fields(job_id, "status", "last_event_id")
-        if status is None:
-            return
-        if status in TERMINAL_STATUSES and end_id and EventId.parse(end_id) <= last:
-            return
-        render = functools.partial(encode, fmt=fmt)
-        while True:
-            batches = await sub.next(r.settings.keepalive_s)
-            if batches is None:
-                yield KEEPALIVE[fmt]
-            elif batches:
-                # One write a wake-up, however many batches; each batch encoded once for all.
-                yield b"".join(batch.encoded(fmt, render) for batch in batches)
-                if _has_end(batches[-1].events):
-                    return
-
-
-def _has_end(events: list[StoredEvent]) -> bool:
-    return events[-1].type == "end"
+    """The job's events after ``after`` on the wire, until the ``end`` event."""
+    render = functools.partial(encode, fmt=fmt)
+    async with contextlib.aclosing(follow(r, job_id, after)) as batches:
+        async for got in batches:
+            # One write a wake-up, however many batches; each batch encoded once for all.
+            yield KEEPALIVE[fmt] if got is None else b"".join(b.encoded(fmt, render) for b in got)

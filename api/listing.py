@@ -7,15 +7,14 @@ import secrets
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from api.auth import tenant_of
+from api.deps import RelayDep, TenantDep
 from api.encoding import JSONBody
 from api.errors import ApiError
 from api.schemas import ErrorBody
-from api.state import Relay
 from tokenrelay.events import job_key, recent_jobs_key
 
 router = APIRouter(prefix="/v1")
@@ -24,7 +23,9 @@ MAX_LIMIT = 100
 
 # The index scores each job id by its creation time in ms. Several jobs can share a millisecond,
 # so a page ends at a (score, id) position: ids of equal score sort by bytes, as Redis orders them.
-_CURSOR = re.compile(r"^(\d{1,15})(?::(job_[A-Za-z0-9_-]{1,64}))?$")
+# ASCII digits only (``\d`` takes any Unicode digit, which ``int`` would then parse), matched in
+# full (``$`` would let a trailing newline through).
+_CURSOR = re.compile(r"([0-9]{1,15})(?::(job_[A-Za-z0-9_-]{1,64}))?")
 
 SUMMARY_FIELDS = (
     "id",
@@ -60,11 +61,6 @@ class JobList(BaseModel):
     next_before: str | None
 
 
-async def relay(request: Request) -> Relay:
-    state: Relay = request.app.state.relay
-    return state
-
-
 @router.get(
     "/jobs",
     response_model=JobList,
@@ -75,8 +71,8 @@ async def relay(request: Request) -> Relay:
     },
 )
 async def list_jobs(
-    r: Annotated[Relay, Depends(relay)],
-    tenant: Annotated[str, Depends(tenant_of)],
+    r: RelayDep,
+    tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="jobs per page")] = 20,
     before: Annotated[
         str | None,
@@ -104,7 +100,7 @@ async def list_jobs(
 
 
 def _parse_cursor(raw: str) -> Position:
-    match = _CURSOR.match(raw)
+    match = _CURSOR.fullmatch(raw)
     if match is None:
         raise ApiError(
             422,

@@ -1,0 +1,91 @@
+"""Reading jobs, for every route that does: lookup by tenant, resume points, following events."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import AsyncGenerator
+
+from api.errors import ApiError
+from api.state import Relay
+from tokenrelay.errors import EventIdExpired, InvalidEventId, JobNotFound
+from tokenrelay.events import TERMINAL_STATUSES, ZERO_ID, EventId
+from tokenrelay.fanout import Batch
+
+JOB_ID = re.compile(r"^job_[A-Za-z0-9_-]{22}$")
+ID_PREFIXES = ("chatcmpl-", "cmpl-")
+REPLAY_PAGE = 1000
+
+
+async def load_job(r: Relay, ref: str, tenant: str) -> tuple[dict[str, str], str]:
+    """The fields and text of job ``ref`` (``job_...``, or a ``chatcmpl-``/``cmpl-`` id made
+    from one). Raises ``JobNotFound`` (404) when unknown, expired or another key's."""
+    job_id = ref
+    for prefix in ID_PREFIXES:
+        job_id = job_id.removeprefix(prefix)
+    if not JOB_ID.match(job_id):
+        raise JobNotFound(ref)
+    found = await r.events.get_job(job_id)
+    if found is None or not secrets.compare_digest(found[0].get("tenant", ""), tenant):
+        raise JobNotFound(ref)
+    return found
+
+
+async def resume_point(
+    r: Relay, job_id: str, after: str | None, last_event_id: str | None
+) -> EventId:
+    """Where to resume: ``?after`` wins over ``Last-Event-ID``; none is the first event;
+    ``now`` means new events only. ``ApiError`` 400 for a malformed or never issued id, 410 for
+    one older than what is kept, naming the parameter the client used."""
+    param, raw = ("after", after) if after is not None else ("Last-Event-ID", last_event_id)
+    if raw is None or raw == "":
+        return ZERO_ID
+    if raw == "now":
+        return await r.events.last_id(job_id)
+    try:
+        start = EventId.parse(raw)
+    except ValueError:
+        raise ApiError(400, f"malformed event id {raw!r}", param=param) from None
+    try:
+        await r.events.check_resume_point(job_id, start)
+    except InvalidEventId as exc:
+        raise ApiError(400, str(exc), param=param) from None
+    except EventIdExpired as exc:
+        raise ApiError(410, str(exc), param=param) from None
+    return start
+
+
+async def follow(r: Relay, job_id: str, after: EventId) -> AsyncGenerator[list[Batch] | None, None]:
+    """The job's events after ``after``, in order, each once, until its ``end``: a replay from
+    Redis, then live ones from the process's hub. Yields batches (listeners handed the same
+    batch share its encoding), or ``None`` after ``keepalive_s`` of silence.
+
+    Stops early, without ``end``, when the job already ended at or before ``after`` or is gone.
+    Close it (``contextlib.aclosing``) so its hub subscription ends with the response.
+    """
+    last = after
+    while True:
+        page = await r.events.read(job_id, last, count=REPLAY_PAGE)
+        if page:
+            yield [Batch(page)]
+            last = EventId.parse(page[-1].id)
+            if page[-1].type == "end":
+                return
+        if len(page) < REPLAY_PAGE:
+            break
+    async with r.hub.subscribe(job_id, last) as sub:
+        # Subscribed at `last`: anything appended from now on reaches us. If the job already
+        # ended at or before `last` (a resume after `end`), nothing ever will: stop now.
+        status, end_id = await r.events.job_fields(job_id, "status", "last_event_id")
+        if status is None:
+            return
+        if status in TERMINAL_STATUSES and end_id and EventId.parse(end_id) <= last:
+            return
+        while True:
+            batches = await sub.next(r.settings.keepalive_s)
+            if batches is None:
+                yield None
+            elif batches:
+                yield batches
+                if batches[-1].events[-1].type == "end":
+                    return

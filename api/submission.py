@@ -1,0 +1,104 @@
+"""Submitting a job from a validated ``JobRequest``: the rules and records of ``POST /v1/jobs``."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+
+from api.admission import admit, prompt_chars
+from api.errors import ApiError
+from api.schemas import JobRequest
+from api.state import Relay
+
+log = structlog.get_logger("tokenrelay.api")
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """A job just enqueued."""
+
+    id: str
+    created_at: str  # RFC 3339, as stored
+    created: int  # the same instant in Unix seconds
+    upstream: str
+    model: str | None
+
+
+def new_job_id() -> str:
+    """An unguessable job id: ``job_`` and 128 random bits, URL-safe."""
+    return f"job_{secrets.token_urlsafe(16)}"
+
+
+async def submit(
+    r: Relay,
+    tenant: str,
+    body: JobRequest,
+    *,
+    via: str,
+    extra_fields: Mapping[str, Any] | None = None,
+    job_id: str | None = None,
+) -> Submitted:
+    """Validate ``body`` against the configured upstreams and enqueue it, as ``POST /v1/jobs``.
+
+    ``extra_fields`` are stored JSON-encoded in the job's status hash beside the standard ones
+    (the worker ignores them); ``via`` names the route for the log. Raises ``ApiError``: 422 for
+    an unknown upstream, a request the upstream's kind cannot take, a missing model, or a value
+    JSON cannot carry (an integer beyond 64 bits); 413, 429 or 503
+    from admission control (``api.admission``). Redis errors propagate (the API answers 503).
+    The job is created and queued atomically: all or nothing.
+    """
+    upstream_name = body.upstream or r.settings.resolved_default_upstream
+    if upstream_name is None:
+        raise ApiError(422, "name an upstream: none is the default", param="upstream")
+    config = r.settings.upstreams.get(upstream_name)
+    if config is None:
+        raise ApiError(
+            422,
+            f"unknown upstream {upstream_name!r}; configured: {sorted(r.settings.upstreams)}",
+            param="upstream",
+        )
+    if config.kind == "sse" and body.messages is not None:
+        raise ApiError(
+            422, f"upstream {upstream_name!r} takes a prompt, not messages", param="messages"
+        )
+    if config.kind == "sse" and body.tools:
+        raise ApiError(422, f"upstream {upstream_name!r} does not take tools", param="tools")
+    model = body.model or config.default_model
+    if model is None and config.kind != "sse":
+        raise ApiError(422, f"upstream {upstream_name!r} needs a model", param="model")
+    await admit(r, tenant, prompt_chars(body.prompt, body.messages))
+
+    request_json = body.model_dump(mode="json", exclude_none=True, exclude={"metadata", "upstream"})
+    request_json["model"] = model
+    try:
+        extra = (extra_fields or {}).items()
+        encoded = {name: orjson.dumps(value).decode() for name, value in extra}
+        encoded["request"] = orjson.dumps(request_json).decode()
+        encoded["metadata"] = orjson.dumps(body.metadata).decode()
+    except orjson.JSONEncodeError as exc:
+        raise ApiError(422, f"the request holds a value that cannot be stored: {exc}") from None
+    job_id = job_id or new_job_id()
+    created = datetime.now(UTC)
+    created_at = created.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    fields = {
+        **encoded,
+        "id": job_id,
+        "status": "queued",
+        "upstream": upstream_name,
+        "model": model or "",
+        "created_at": created_at,
+        "tenant": tenant,
+        "attempt": "0",
+        "nevents": "0",
+    }
+    await r.events.submit(job_id, fields, ttl_s=r.settings.unfinished_ttl_s)
+    log.info(
+        "job_submitted", job_id=job_id, upstream=upstream_name, has_tools=bool(body.tools), via=via
+    )
+    return Submitted(job_id, created_at, int(created.timestamp()), upstream_name, model)
