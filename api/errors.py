@@ -69,8 +69,18 @@ def error_response(
     return JSONBody(body, status_code=status, headers=headers)
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
+
+
 def _param(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    """The field a validation error is about, as the client wrote it: without FastAPI's
+    location prefix nor the union-member tags pydantic adds (``content.str``)."""
+    parts = [
+        str(p)
+        for p in loc
+        if p not in ("body", "query", "path", "header")
+        and not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p))
+    ]
     return ".".join(parts) or None
 
 
@@ -87,6 +97,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONBody:
     first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
     if first.get("type") == "json_invalid":
         return error_response(400, "request body is not valid JSON", param=None)
+    if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
+        return error_response(400, "the request body is empty: send a JSON object", param=None)
     loc = tuple(first.get("loc", ()))
     param = _param(loc)
     message = str(first.get("msg", "invalid request"))

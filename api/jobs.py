@@ -106,7 +106,10 @@ async def submit_job(
     job_id = new_job_id()
     idem_key: str | None = None
     if idempotency_key_header is not None:
-        canonical = orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        try:
+            canonical = orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits in a message
+            raise ApiError(422, f"the request holds a value that cannot be stored: {exc}") from None
         body_hash = hashlib.sha256(canonical).hexdigest()
         digest = hashlib.sha256(idempotency_key_header.encode()).hexdigest()
         idem_key = idempotency_key(tenant, digest)

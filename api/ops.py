@@ -46,7 +46,11 @@ async def readyz(request: Request) -> JSONBody:
     return JSONBody({"status": "ready", "workers": workers})
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of the whole deployment (shared through Redis) and this process."""
     r: Relay = request.app.state.relay

@@ -23,7 +23,8 @@ class Message(BaseModel):
 
 
 class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "0.5" is not a temperature, nor true a token count (JSON ints still pass as floats)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
@@ -84,7 +85,11 @@ class JobRequest(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata_size(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+        try:
+            size = len(orjson.dumps(value))
+        except orjson.JSONEncodeError:  # a lone surrogate, which UTF-8 cannot carry
+            raise ValueError("metadata must be valid Unicode text") from None
+        if size > MAX_METADATA_BYTES:
             raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
         return value
 

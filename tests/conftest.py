@@ -211,11 +211,22 @@ class RelaySystem:
                 proc.wait(5)
 
 
+def _flush(redis_url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
 @contextlib.contextmanager
 def relay_system(
     workdir: Path, redis_url: str, env: dict[str, str], *, workers: int = 1
 ) -> Iterator[RelaySystem]:
     system = RelaySystem(workdir, redis_url, env)
+    _flush(redis_url)  # each system owns its database: start it empty
     try:
         system.start_api()
         for _ in range(workers):

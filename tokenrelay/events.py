@@ -52,7 +52,7 @@ def status_for(finish_reason: str) -> JobStatus:
 
 # --- event ids --------------------------------------------------------------------------------
 
-_EVENT_ID = re.compile(r"^(\d{1,19})-(\d{1,19})$")
+_EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # ASCII digits only, whole string
 _MAX_U64 = 2**64 - 1
 
 
@@ -64,7 +64,7 @@ class EventId(tuple[int, int]):
     @classmethod
     def parse(cls, raw: str) -> EventId:
         """Parse ``"<ms>-<seq>"``; raise ``ValueError`` for anything else."""
-        match = _EVENT_ID.match(raw)
+        match = _EVENT_ID.fullmatch(raw)
         if match is None:
             raise ValueError(f"malformed event id {raw!r}")
         ms, seq = int(match[1]), int(match[2])

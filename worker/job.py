@@ -72,6 +72,7 @@ class _Outcome:
     finish_reason: FinishReason = "stop"
     error: dict[str, Any] | None = None
     usage: Usage | None = None
+    usage_data: dict[str, Any] | None = None  # the usage event as published
     text_chunks: int = 0
     events: int = 0
     deltas: int = 0
@@ -272,7 +273,8 @@ class JobRunner:
         else:
             outcome_source = "upstream"
         if outcome.usage is not None:
-            stream.publish("usage", self._usage_data(outcome, outcome_source))
+            outcome.usage_data = self._usage_data(outcome, outcome_source)
+            stream.publish("usage", outcome.usage_data)
         return outcome
 
     def _stopping_under(self, job_id: str) -> bool:
@@ -393,14 +395,8 @@ class JobRunner:
             stream.publish(
                 "error", outcome.error, fields={"error": orjson.dumps(outcome.error).decode()}
             )
-        if outcome.usage is not None:
-            fields["usage"] = orjson.dumps(
-                {
-                    "prompt_tokens": outcome.usage.prompt_tokens,
-                    "completion_tokens": outcome.usage.completion_tokens,
-                    "total_tokens": outcome.usage.total_tokens,
-                }
-            ).decode()
+        if outcome.usage_data is not None:
+            fields["usage"] = orjson.dumps(outcome.usage_data).decode()
         async with asyncio.timeout(END_WRITE_TIMEOUT_S + 30):
             await stream.finish(
                 {"finish_reason": outcome.finish_reason}, fields, self.settings.stream_ttl_s

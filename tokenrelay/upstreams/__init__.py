@@ -1,23 +1,33 @@
-"""Upstream adapters, one per wire format, and the factory that picks one for a config."""
+"""Upstream adapters, one per wire format, and the factory that picks one for a config.
+
+The adapters are imported when an upstream is made, not with this package: the SDK uses the
+decoders here without paying for httpx-based adapters it never runs.
+"""
 
 from __future__ import annotations
 
-import httpx
+from typing import TYPE_CHECKING
 
-from tokenrelay.settings import UpstreamConfig
-from tokenrelay.upstreams.base import Upstream
-from tokenrelay.upstreams.ollama import OllamaUpstream
-from tokenrelay.upstreams.openai import OpenAIUpstream
-from tokenrelay.upstreams.sse import SSEUpstream
+if TYPE_CHECKING:
+    import httpx
+
+    from tokenrelay.settings import UpstreamConfig
+    from tokenrelay.upstreams.base import Upstream
 
 
 def make_upstream(client: httpx.AsyncClient, config: UpstreamConfig) -> Upstream:
-    kinds: dict[str, type[OllamaUpstream | OpenAIUpstream | SSEUpstream]] = {
-        "ollama": OllamaUpstream,
-        "openai": OpenAIUpstream,
-        "sse": SSEUpstream,
-    }
-    return kinds[config.kind](client, config)
+    """The adapter for ``config.kind``, sending through ``client``."""
+    if config.kind == "ollama":
+        from tokenrelay.upstreams.ollama import OllamaUpstream
+
+        return OllamaUpstream(client, config)
+    if config.kind == "openai":
+        from tokenrelay.upstreams.openai import OpenAIUpstream
+
+        return OpenAIUpstream(client, config)
+    from tokenrelay.upstreams.sse import SSEUpstream
+
+    return SSEUpstream(client, config)
 
 
-__all__ = ["Upstream", "make_upstream"]
+__all__ = ["make_upstream"]
