@@ -44,7 +44,7 @@ async def admit(r: Relay, tenant: str, chars: int) -> None:
     now = time.time()
     window = int(now // 60)
     rate_key = f"{KEY_PREFIX}:rate:{tenant}:{window}"
-    async with r.redis.pipeline(transaction=False) as pipe:
+    async with r.queue.pipeline(transaction=False) as pipe:
         pipe.zcard(QUEUE_NAME)
         if settings.rate_limit_per_min:
             pipe.incr(rate_key)

@@ -198,7 +198,7 @@ async def cancel_job(job_id: str, r: RelayDep, tenant: TenantDep) -> JSONBody:
     if not await r.events.finish_queued(job_id, now_rfc3339(), {"finish_reason": "cancelled"}):
         # A worker has it: flag it (for a worker that is just starting it) and signal it.
         await r.redis.hset(job_key(job_id), "cancel_requested", "1")  # type: ignore[misc]
-        await r.redis.publish(CANCEL_CHANNEL, job_id.encode())
+        await r.queue.publish(CANCEL_CHANNEL, job_id.encode())
     log.info("job_cancel_requested", job_id=job_id)
     fields, text = await load_job(r, job_id, tenant)
     return JSONBody(_job_body(fields, text), status_code=202)

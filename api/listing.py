@@ -9,12 +9,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
-from redis.asyncio import Redis
 
 from api.deps import RelayDep, TenantDep
 from api.encoding import JSONBody
 from api.errors import ApiError
 from api.schemas import ErrorBody
+from tokenrelay.connections import Streams
 from tokenrelay.events import job_key, recent_jobs_key
 
 router = APIRouter(prefix="/v1")
@@ -112,7 +112,7 @@ def _parse_cursor(raw: str) -> Position:
 
 
 async def _page(
-    redis: Redis, tenant: str, position: Position | None, limit: int
+    redis: Streams, tenant: str, position: Position | None, limit: int
 ) -> tuple[list[tuple[dict[str, str], int]], bool]:
     """Up to ``limit`` live jobs older than ``position`` and whether more remain.
 
@@ -147,7 +147,7 @@ async def _page(
 
 
 async def _index_slice(
-    redis: Redis, key: str, position: Position | None, count: int
+    redis: Streams, key: str, position: Position | None, count: int
 ) -> list[tuple[bytes, int]]:
     """Up to ``count`` (id, score) of the index strictly after ``position``, newest first."""
     if position is None:

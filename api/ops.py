@@ -20,7 +20,9 @@ async def readyz(request: Request) -> JSONBody:
     r: Relay = request.app.state.relay
     try:
         await r.redis.ping()
-        workers = await live_workers(r.redis)
+        if r.queue is not r.redis:
+            await r.queue.ping()
+        workers = await live_workers(r.queue)
     except (RedisError, OSError):
         return JSONBody(
             {
@@ -54,7 +56,7 @@ async def readyz(request: Request) -> JSONBody:
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of the whole deployment (shared through Redis) and this process."""
     r: Relay = request.app.state.relay
-    async with r.redis.pipeline(transaction=False) as pipe:
+    async with r.queue.pipeline(transaction=False) as pipe:
         pipe.hgetall(METRICS_KEY)
         pipe.zcard(QUEUE_NAME)
         pipe.zcard(LEASES_KEY)
@@ -62,7 +64,7 @@ async def metrics(request: Request) -> Response:
     gauges = {
         "queue_depth": float(queued),
         "running_jobs": float(running),
-        "workers_alive": float(await live_workers(r.redis)),
+        "workers_alive": float(await live_workers(r.queue)),
         "active_streams": float(r.hub.streams),
         "listeners": float(r.hub.listeners),
         "jobs_reaped": float(r.reaper.reaped),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from tokenrelay.connections import Streams, node_client, queue_client, streams_client
 from tokenrelay.fanout import Hub
 from tokenrelay.leases import Reaper
 from tokenrelay.settings import Settings
@@ -15,24 +17,31 @@ from tokenrelay.streams import EventLog
 @dataclass
 class Relay:
     settings: Settings
-    redis: Redis
+    redis: Streams  # job events and state (a single node or a cluster)
+    queue: Redis  # the job queue, pub/sub, leases, metrics, admission counters
     events: EventLog
     hub: Hub
     reaper: Reaper
 
     @classmethod
     async def open(cls, settings: Settings) -> Relay:
-        redis = Redis.from_url(settings.redis_url)
-        events = EventLog(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
-        # The hub's reader keeps its one connection blocked in XREAD: it gets a client of its own.
-        hub = Hub(events, Redis.from_url(settings.redis_url, single_connection_client=True))
-        hub.start()
+        queue = queue_client(settings)
+        redis = streams_client(settings, queue)
+        if not isinstance(redis, Redis):
+            await redis.initialize()  # learn the cluster's slots before the first request
+        events = EventLog(
+            redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen, queue=queue
+        )
+
+        hub = Hub(events, functools.partial(node_client, settings))
         # Jobs whose worker died end even when no worker is left to notice.
-        reaper = Reaper(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
+        reaper = Reaper(redis, queue, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
         reaper.start()
-        return cls(settings, redis, events, hub, reaper)
+        return cls(settings, redis, queue, events, hub, reaper)
 
     async def aclose(self) -> None:
         await self.reaper.aclose()
         await self.hub.aclose()
         await self.redis.aclose()
+        if self.queue is not self.redis:
+            await self.queue.aclose()

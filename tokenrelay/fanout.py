@@ -13,14 +13,16 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tokenrelay.connections import is_cluster
 from tokenrelay.events import EventId, events_key
 from tokenrelay.streams import EventLog, StoredEvent
 
@@ -117,19 +119,96 @@ class Subscription:
         return filled
 
 
-class Hub:
-    """Follows every stream some listener of this process is on, with one blocking reader."""
+class _NodeReader:
+    """One blocking XREAD loop over the followed streams that live on one Redis node."""
 
-    def __init__(self, log_: EventLog, reader: Redis) -> None:
-        """``reader`` must be a client of its own: the hub keeps its one connection blocked."""
+    def __init__(self, hub: Hub, node: str, reader: Redis, control: Redis) -> None:
+        self.hub = hub
+        self.node = node
+        self.jobs: set[str] = set()
+        self._reader = reader  # kept blocked in XREAD: a connection of its own
+        self._control = control  # for CLIENT UNBLOCK on the same node
+        self._client_id: int | None = None
+        self._blocked = False
+        self._changed = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"tokenrelay-hub-{node}")
+
+    def add(self, job_id: str) -> None:
+        """Follow ``job_id`` too, from the next read on (interrupting a blocked one)."""
+        self.jobs.add(job_id)
+        self._changed.set()
+        if self._blocked and self._client_id is not None:
+            asyncio.get_running_loop().create_task(self._unblock(self._client_id))
+
+    async def _unblock(self, client_id: int) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._control.client_unblock(client_id)
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._reader.aclose()
+        await self._control.aclose()
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._read_forever()
+            except ResponseError as exc:
+                # MOVED / ASK / CLUSTERDOWN: the slots moved (resharding, failover).
+                self._client_id = None
+                log.warning("hub_reader_moved", node=self.node, error=str(exc)[:120])
+                await self.hub._reroute(self)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self._client_id = None
+                log.warning("hub_reader_retry", node=self.node, error=type(exc).__name__)
+                if self.hub.cluster:
+                    await self.hub._reroute(self)
+            except Exception as exc:
+                # Never die: every listener of these streams depends on this task.
+                self._client_id = None
+                log.error("hub_reader_failed", error=type(exc).__name__, exc_info=exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _read_forever(self) -> None:
+        while True:
+            cursors = self.hub._cursors
+            self.jobs &= cursors.keys()
+            if not self.jobs:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            if self._client_id is None:
+                self._client_id = int(await self._reader.client_id())
+            self._changed.clear()
+            used = {job: cursors[job] for job in self.jobs}
+            streams: dict[Any, Any] = {events_key(job): str(cur) for job, cur in used.items()}
+            self._blocked = True
+            try:
+                reply = await self._reader.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+            finally:
+                self._blocked = False
+            for key, entries in reply or []:
+                key = key.decode()
+                job_id = key[key.index("{") + 1 : key.rindex("}")]
+                self.hub._deliver(job_id, used[job_id], entries)
+
+
+class Hub:
+    """Follows every stream some listener of this process is on: one blocking reader per
+    Redis node (one in all, without a cluster; a cross-slot XREAD is not allowed in one)."""
+
+    def __init__(self, log_: EventLog, connect: Callable[[ClusterNode | None], Redis]) -> None:
+        """``connect(node)`` makes a plain client of the node (``None``: the single server)."""
         self.log = log_
-        self._reader = reader
+        self.cluster = is_cluster(log_.redis)
+        self._connect = connect
         self._subs: dict[str, set[Subscription]] = {}
         self._cursors: dict[str, EventId] = {}
-        self._changed = asyncio.Event()
-        self._reader_id: int | None = None
-        self._blocked = False
-        self._task: asyncio.Task[None] | None = None
+        self._readers: dict[str, _NodeReader] = {}
 
     def subscribe(self, job_id: str, after: EventId) -> Subscription:
         return Subscription(self, job_id, after)
@@ -144,16 +223,38 @@ class Hub:
         return sum(len(subs) for subs in self._subs.values())
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="tokenrelay-hub")
+        """Readers start as streams are followed; nothing to do ahead."""
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._reader.aclose()
+        readers, self._readers = list(self._readers.values()), {}
+        for reader in readers:
+            await reader.aclose()
+
+    def _node_of(self, job_id: str) -> ClusterNode | None:
+        if not self.cluster:
+            return None
+        cluster = cast(RedisCluster, self.log.redis)
+        return cluster.get_node_from_key(events_key(job_id))
+
+    def _reader_for(self, job_id: str) -> _NodeReader:
+        node = self._node_of(job_id)
+        name = "single" if node is None else node.name
+        reader = self._readers.get(name)
+        if reader is None:
+            reader = _NodeReader(self, name, self._connect(node), self._connect(node))
+            self._readers[name] = reader
+        return reader
+
+    async def _reroute(self, reader: _NodeReader) -> None:
+        """After MOVED or a lost node: learn the slots again, hand each job to its node."""
+        if not self.cluster:
+            return
+        with contextlib.suppress(RedisError, OSError):
+            await cast(RedisCluster, self.log.redis).nodes_manager.initialize()
+        moved, reader.jobs = reader.jobs, set()
+        for job_id in moved:
+            if job_id in self._cursors:
+                self._reader_for(job_id).add(job_id)
 
     def _add(self, sub: Subscription) -> None:
         subs = self._subs.setdefault(sub.job_id, set())
@@ -161,7 +262,7 @@ class Hub:
         cursor = self._cursors.get(sub.job_id)
         if cursor is None:
             self._cursors[sub.job_id] = sub.last
-            self._interrupt()
+            self._reader_for(sub.job_id).add(sub.job_id)
         elif sub.last < cursor:
             # Events up to the cursor were handed out before this listener came: fetch them.
             sub._push(cursor, EMPTY)
@@ -174,52 +275,6 @@ class Hub:
         if not subs:
             del self._subs[sub.job_id]
             self._cursors.pop(sub.job_id, None)
-
-    def _interrupt(self) -> None:
-        """Make the reader pick up a newly followed stream now, not at the end of its block."""
-        self._changed.set()
-        if self._blocked and self._reader_id is not None:
-            asyncio.get_running_loop().create_task(self._unblock(self._reader_id))
-
-    async def _unblock(self, client_id: int) -> None:
-        with contextlib.suppress(RedisError):
-            await self.log.redis.client_unblock(client_id)
-
-    async def _run(self) -> None:
-        delay = 0.05
-        while True:
-            try:
-                await self._read_forever()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                self._reader_id = None
-                log.warning("hub_reader_retry", error=type(exc).__name__, delay_s=delay)
-            except Exception as exc:
-                # Never die: every listener of this process depends on this one task.
-                self._reader_id = None
-                log.error("hub_reader_failed", error=type(exc).__name__, exc_info=exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    async def _read_forever(self) -> None:
-        while True:
-            if not self._cursors:
-                self._changed.clear()
-                await self._changed.wait()
-                continue
-            if self._reader_id is None:
-                self._reader_id = int(await self._reader.client_id())
-            self._changed.clear()
-            used = dict(self._cursors)
-            streams: dict[Any, Any] = {events_key(job): str(cur) for job, cur in used.items()}
-            self._blocked = True
-            try:
-                reply = await self._reader.xread(streams, count=READ_COUNT, block=BLOCK_MS)
-            finally:
-                self._blocked = False
-            for key, entries in reply or []:
-                key = key.decode()
-                job_id = key[key.index("{") + 1 : key.rindex("}")]
-                self._deliver(job_id, used[job_id], entries)
 
     def _deliver(
         self, job_id: str, start: EventId, entries: list[tuple[bytes, dict[bytes, bytes]]]

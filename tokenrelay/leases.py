@@ -27,6 +27,7 @@ from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from tokenrelay.connections import Streams, script
 from tokenrelay.events import KEY_PREFIX, WAKE_CHANNEL, job_keys
 
 log = structlog.get_logger("tokenrelay.leases")
@@ -85,11 +86,12 @@ class Leases:
 class Reaper:
     """Ends the jobs whose lease ran out. Safe to run in many processes at once."""
 
-    def __init__(self, redis: Redis, *, ttl_s: int, maxlen: int) -> None:
-        self.redis = redis
+    def __init__(self, streams: Streams, queue: Redis, *, ttl_s: int, maxlen: int) -> None:
+        self.streams = streams
+        self.redis = queue  # leases, arq's records and the wake-up live with the queue
         self.ttl_s = ttl_s
         self.maxlen = maxlen
-        self._script = redis.register_script(REAP_LUA)
+        self._script = script(streams, REAP_LUA)
         self._task: asyncio.Task[None] | None = None
         self.reaped = 0
 

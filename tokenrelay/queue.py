@@ -3,7 +3,8 @@
 ``arq``'s ``enqueue_job`` costs three round trips (WATCH, EXISTS, MULTI/EXEC) to guard against
 a reused job id; tokenrelay's ids are fresh 128-bit random values, so the guard buys nothing.
 Writing arq's two records (the serialized job and its queue entry) ourselves lets a submit be
-one atomic MULTI/EXEC: status hash, queue entry and wake-up, all or nothing.
+one atomic MULTI/EXEC: status hash, queue entry and wake-up, all or nothing, when the queue and
+the streams share a Redis; otherwise two round trips, the job's records first.
 """
 
 from __future__ import annotations
@@ -25,20 +26,25 @@ from tokenrelay.events import (
 QUEUE_NAME = default_queue_name
 
 
-def add_submit(pipe: Any, job_id: str, fields: dict[str, str], ttl_s: int) -> None:
-    """Queue the commands that create a job and enqueue it, into a MULTI pipeline ``pipe``.
+def add_job_records(pipe: Any, job_id: str, fields: dict[str, str], ttl_s: int) -> None:
+    """The job's status hash and its place in the tenant's recent jobs (streams Redis)."""
+    now = timestamp_ms()
+    pipe.hset(job_key(job_id), mapping=fields)
+    pipe.expire(job_key(job_id), ttl_s)
+    recent = recent_jobs_key(fields["tenant"])
+    pipe.zadd(recent, {job_id: now})
+    pipe.zremrangebyrank(recent, 0, -RECENT_JOBS_KEPT - 1)
+    pipe.expire(recent, ttl_s)
+
+
+def add_enqueue(pipe: Any, job_id: str) -> None:
+    """arq's records of the job, then the wake-up (queue Redis).
 
     The records are exactly what ``ArqRedis.enqueue_job(JOB_FUNCTION, job_id, _job_id=job_id)``
     writes; the wake-up goes last, so a woken worker finds the job.
     """
     now = timestamp_ms()
-    pipe.hset(job_key(job_id), mapping=fields)
-    pipe.expire(job_key(job_id), ttl_s)
     job = serialize_job(JOB_FUNCTION, (job_id,), {}, None, now)
     pipe.psetex(job_key_prefix + job_id, expires_extra_ms, job)
     pipe.zadd(QUEUE_NAME, {job_id: now})
-    recent = recent_jobs_key(fields["tenant"])
-    pipe.zadd(recent, {job_id: now})
-    pipe.zremrangebyrank(recent, 0, -RECENT_JOBS_KEPT - 1)
-    pipe.expire(recent, ttl_s)
     pipe.publish(WAKE_CHANNEL, b"1")

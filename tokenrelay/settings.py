@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Additions: where the queue and the streams live when not both in redis_url.
+    queue_url: str | None = None
+    streams_url: str | None = None
+    streams_cluster: bool = Field(
+        default=False, description="streams_url names one node of a Redis Cluster"
+    )
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     default_upstream: str | None = None
     api_keys: SecretStr = SecretStr("")
@@ -78,12 +84,20 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "queue_url", "streams_url")
     @classmethod
-    def _check_redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("TOKENRELAY_REDIS_URL must start with redis://, rediss:// or unix://")
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("a Redis URL must start with redis://, rediss:// or unix://")
         return value
+
+    @property
+    def queue_dsn(self) -> str:
+        return self.queue_url or self.redis_url
+
+    @property
+    def streams_dsn(self) -> str:
+        return self.streams_url or self.redis_url
 
     @model_validator(mode="after")
     def _check_default_upstream(self) -> Settings:

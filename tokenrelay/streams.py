@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tokenrelay.connections import Streams, is_cluster, script
 from tokenrelay.errors import EventIdExpired, Fenced, InvalidEventId, JobNotFound
 from tokenrelay.events import (
     TERMINAL_STATUSES,
@@ -32,7 +33,7 @@ from tokenrelay.events import (
     job_keys,
     text_key,
 )
-from tokenrelay.queue import add_submit
+from tokenrelay.queue import add_enqueue, add_job_records
 
 log = structlog.get_logger("tokenrelay.streams")
 
@@ -40,6 +41,7 @@ _LUA = resources.files("tokenrelay") / "lua"
 APPEND_LUA = (_LUA / "append.lua").read_text()
 CLAIM_LUA = (_LUA / "claim.lua").read_text()
 FINISH_QUEUED_LUA = (_LUA / "finish_queued.lua").read_text()
+READ_JOB_LUA = (_LUA / "read_job.lua").read_text()
 
 MAX_EVENTS_PER_CALL = 512
 """A long batch is split so one Lua call never holds Redis for long."""
@@ -81,32 +83,44 @@ def _decode_entries(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> l
 
 
 class EventLog:
-    """Reads and small writes of job state. ``redis`` must not decode responses."""
+    """Reads and small writes of job state on the streams Redis (one node or a cluster); the
+    queue Redis takes the enqueue. Clients must not decode responses."""
 
-    def __init__(self, redis: Redis, *, ttl_s: int, maxlen: int) -> None:
+    def __init__(
+        self, redis: Streams, *, ttl_s: int, maxlen: int, queue: Redis | None = None
+    ) -> None:
         self.redis = redis
+        self.queue = queue if queue is not None else redis
         self.ttl_s = ttl_s
         self.maxlen = maxlen
-        self._claim = redis.register_script(CLAIM_LUA)
-        self._finish_queued = redis.register_script(FINISH_QUEUED_LUA)
+        self._claim = script(redis, CLAIM_LUA)
+        self._finish_queued = script(redis, FINISH_QUEUED_LUA)
+        self._read_job = script(redis, READ_JOB_LUA)
 
     # -- job state -------------------------------------------------------------------------
 
     async def submit(self, job_id: str, fields: Mapping[str, str], *, ttl_s: int) -> None:
-        """Create the job's status hash and enqueue it, atomically, in one round trip."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            add_submit(pipe, job_id, dict(fields), ttl_s)
+        """Create the job's records and enqueue it: one atomic round trip when the queue and
+        the streams share a Redis, else the records first, then the queue entry."""
+        if self.queue is self.redis and not is_cluster(self.redis):
+            async with self.queue.pipeline(transaction=True) as pipe:
+                add_job_records(pipe, job_id, dict(fields), ttl_s)
+                add_enqueue(pipe, job_id)
+                await pipe.execute()
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            add_job_records(pipe, job_id, dict(fields), ttl_s)
+            await pipe.execute()
+        async with self.queue.pipeline(transaction=True) as pipe:
+            add_enqueue(pipe, job_id)
             await pipe.execute()
 
     async def get_job(self, job_id: str) -> tuple[dict[str, str], str] | None:
-        """The status hash and text of a job, read together; None if unknown."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(job_key(job_id))
-            pipe.get(text_key(job_id))
-            raw, text = await pipe.execute()
+        """The status hash and text of a job, read together (atomically); None if unknown."""
+        raw, text = await self._read_job(keys=[job_key(job_id), text_key(job_id)])
         if not raw:
             return None
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        fields = {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
         return fields, (text or b"").decode()
 
     async def job_fields(self, job_id: str, *names: str) -> list[str | None]:
@@ -227,11 +241,11 @@ class EventWriter:
     open batch, batches are written in the order they were opened, and rounds run one at a time.
     """
 
-    def __init__(self, redis: Redis, *, maxlen: int, safety_ttl_s: int) -> None:
+    def __init__(self, redis: Streams, *, maxlen: int, safety_ttl_s: int) -> None:
         self.redis = redis
         self.maxlen = maxlen
         self.safety_ttl_s = safety_ttl_s
-        self._script = redis.register_script(APPEND_LUA)
+        self._script = script(redis, APPEND_LUA)
         self._queue: list[_Batch] = []
         self._open: dict[str, _Batch] = {}
         self._wake = asyncio.Event()
@@ -306,6 +320,16 @@ class EventWriter:
                 batch.done.set_result(result.decode() if isinstance(result, bytes) else str(result))
 
     async def _execute(self, batches: list[_Batch]) -> list[Any]:
+        if is_cluster(self.redis):
+            # redis-py's cluster pipeline refuses EVALSHA: send the calls side by side instead
+            # (one round trip per node connection, in parallel; the client follows MOVED).
+            calls = [
+                self._script(
+                    keys=list(job_keys(b.job_id)), args=b.args(self.maxlen, self.safety_ttl_s)
+                )
+                for b in batches
+            ]
+            return list(await asyncio.gather(*calls, return_exceptions=True))
         async with self.redis.pipeline(transaction=False) as pipe:
             for batch in batches:
                 keys = job_keys(batch.job_id)

@@ -12,6 +12,7 @@ from arq.worker import Worker, func
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from tokenrelay.connections import queue_client, streams_client
 from tokenrelay.events import CANCEL_CHANNEL, JOB_FUNCTION, WAKE_CHANNEL
 from tokenrelay.leases import Leases, Reaper
 from tokenrelay.metrics import heartbeat
@@ -130,22 +131,25 @@ def create_worker(settings: Settings) -> RelayWorker:
     holder: dict[str, Any] = {}
 
     async def on_startup(ctx: dict[str, Any]) -> None:
-        redis = Redis.from_url(settings.redis_url)
-        events = EventLog(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
+        queue = queue_client(settings)
+        redis = streams_client(settings, queue)
+        events = EventLog(
+            redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen, queue=queue
+        )
         writer = EventWriter(
             redis, maxlen=settings.stream_maxlen, safety_ttl_s=settings.unfinished_ttl_s
         )
         writer.start()
-        leases = Leases(redis, settings.lease_ttl_s, lambda: runner_.active())
+        leases = Leases(queue, settings.lease_ttl_s, lambda: runner_.active())
         runner_ = JobRunner(settings, events, writer, leases)
         leases.start()
-        reaper = Reaper(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
+        reaper = Reaper(redis, queue, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
         reaper.start()
         holder["background"] = [leases, reaper]
-        holder["heartbeat"] = asyncio.create_task(_heartbeat(redis, runner_.worker_id))
+        holder["heartbeat"] = asyncio.create_task(_heartbeat(queue, runner_.worker_id))
         ctx["runner"] = runner_
-        holder["redis"] = redis
-        holder["listener"] = asyncio.create_task(_listen(redis, worker, runner_))
+        holder["clients"] = [redis] if redis is queue else [redis, queue]
+        holder["listener"] = asyncio.create_task(_listen(queue, worker, runner_))
         log.info(
             "worker_started",
             upstreams=sorted(settings.upstreams),
@@ -164,14 +168,14 @@ def create_worker(settings: Settings) -> RelayWorker:
         if runner_ is not None:
             await runner_.writer.aclose()
             await runner_.aclose()
-        if "redis" in holder:
-            await holder["redis"].aclose()
+        for client in holder.get("clients", []):
+            await client.aclose()
         log.info("worker_stopped")
 
     worker = RelayWorker(
         # Tries guard nothing here (a claim never runs a job twice): let arq re-run freely.
         functions=[func(generate, name=JOB_FUNCTION, max_tries=100)],
-        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        redis_settings=RedisSettings.from_dsn(settings.queue_dsn),
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         max_jobs=settings.max_jobs_per_worker,

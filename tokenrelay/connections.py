@@ -1,0 +1,47 @@
+"""The two Redis connections: the queue (arq, pub/sub, leases, metrics; one node) and the
+streams (job events and state; one node, or a Redis Cluster)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.commands.core import AsyncScript
+
+from tokenrelay.settings import Settings
+
+Streams: TypeAlias = Redis | RedisCluster
+"""Where job events and state live. Every key of one job shares the hash tag ``{job_id}``, so
+a job lives in one slot; nothing tokenrelay does spans two jobs' keys in one command."""
+
+
+def queue_client(settings: Settings, **options: Any) -> Redis:
+    return cast(Redis, Redis.from_url(settings.queue_dsn, **options))
+
+
+def streams_client(settings: Settings, queue: Redis | None = None) -> Streams:
+    """The streams client; the queue client itself when both are the same single node (a
+    submit is then one atomic round trip)."""
+    if settings.streams_cluster:
+        return cast(RedisCluster, RedisCluster.from_url(settings.streams_dsn))
+    if queue is not None and settings.streams_dsn == settings.queue_dsn:
+        return queue
+    return cast(Redis, Redis.from_url(settings.streams_dsn))
+
+
+def script(client: Streams, source: str) -> AsyncScript:
+    """A Lua script bound to ``client`` (either kind runs it on the node of its first key)."""
+    return cast(AsyncScript, cast(Any, client).register_script(source))
+
+
+def is_cluster(client: Streams) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def node_client(settings: Settings, node: ClusterNode | None) -> Redis:
+    """A one-connection client of a streams node (``None``: the single streams server), for a
+    reader that keeps its connection blocked in XREAD."""
+    if node is None:
+        return cast(Redis, Redis.from_url(settings.streams_dsn, single_connection_client=True))
+    return Redis(host=node.host, port=int(node.port), single_connection_client=True)
