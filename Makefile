@@ -37,6 +37,12 @@ test: lint browser
 test-fast: lint
 	$(BIN)/python -m pytest -m "not e2e"
 
+# tokenrelay beside resumable-stream and resumable-sse (ops/bench/PEERS.md); the peers get
+# their own .venv-peers (created on first run: they need redis>=6.2, arq redis<6).
+.PHONY: bench-peers
+bench-peers: install
+	$(BIN)/python ops/bench/peers.py
+
 unit: install
 	$(BIN)/python -m pytest tests/unit
 

@@ -253,3 +253,63 @@ def system(
     env = system_env(upstream, TOKENRELAY_STREAM_TTL_S="3600")
     with relay_system(tmp_path_factory.mktemp("system"), with_db(redis_url, 0), env) as sys_:
         yield sys_
+
+
+class RedisClusterServers:
+    """A real Redis Cluster of three primaries (the bundled Valkey in cluster mode) on free
+    loopback ports, slots spread by ``valkey-cli --cluster create``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.ports = [free_port() for _ in range(3)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}"
+
+    def start(self) -> None:
+        binary = valkey_binary()
+        cli = str(Path(binary).with_name("valkey-cli"))
+        for port in self.ports:
+            folder = self.workdir / str(port)
+            folder.mkdir(parents=True, exist_ok=True)
+            args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            # The bus port defaults to port + 10000, which a free high port may not have.
+            args += ["--cluster-port", str(free_port())]
+            args += ["--save", "", "--appendonly", "no", "--logfile", str(folder / "valkey.log")]
+            self.procs.append(subprocess.Popen(args))
+        deadline = time.monotonic() + 10
+        for port in self.ports:
+            while (
+                subprocess.run([cli, "-p", str(port), "ping"], capture_output=True).stdout
+                != b"PONG\n"
+            ):
+                assert time.monotonic() < deadline, f"cluster node {port} did not start"
+                time.sleep(0.05)
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        while (
+            b"cluster_state:ok"
+            not in subprocess.run(
+                [cli, "-p", str(self.ports[0]), "cluster", "info"], capture_output=True
+            ).stdout
+        ):
+            assert time.monotonic() < deadline + 20, "the cluster did not become ok"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)

@@ -426,6 +426,8 @@ class UpstreamServer:
         self._requests: list[RecordedRequest] = []
         self._disconnects: list[str] = []
         self._served: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}
+        self._peak: dict[str, int] = {}
         self._calls: set[_Call] = set()  # touched only on the server's loop
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -446,6 +448,11 @@ class UpstreamServer:
         """A snapshot of the scenario names whose client went away mid-response."""
         with self._lock:
             return list(self._disconnects)
+
+    def peak(self, name: str) -> int:
+        """The most responses of scenario ``name`` that were streaming at the same time."""
+        with self._lock:
+            return self._peak.get(name, 0)
 
     def add(self, name: str, scenario: Scenario) -> None:
         with self._lock:
@@ -593,6 +600,9 @@ class UpstreamServer:
         headers = [(b"content-type", content_type), (b"cache-control", b"no-cache")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         self._calls.add(call)
+        with self._lock:
+            self._in_flight[name] = self._in_flight.get(name, 0) + 1
+            self._peak[name] = max(self._peak.get(name, 0), self._in_flight[name])
         watcher = asyncio.create_task(call.watch(receive))
         try:
             if self._stopping:
@@ -605,6 +615,8 @@ class UpstreamServer:
             with self._lock:
                 self._disconnects.append(name)
         finally:
+            with self._lock:
+                self._in_flight[name] -= 1
             self._calls.discard(call)
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -80,24 +81,46 @@ ZERO_ID = EventId((0, 0))
 
 
 # --- Redis keys -------------------------------------------------------------------------------
-# All keys of one job share the hash tag ``{job_id}`` so they live in one Redis Cluster slot.
+# All keys of one job share one hash tag, so a job lives in one Redis Cluster slot. The tag is
+# the job's shard, not its id: a cluster refuses a multi-key command across slots even on one
+# node, so an API process follows every job of a shard with one XREAD, and needs at most
+# SHARDS blocking readers however many jobs it follows.
 
+SHARDS = 128
 KEY_PREFIX = "tr"
+
+
+def shard_of(job_id: str) -> int:
+    return zlib.crc32(job_id.encode()) % SHARDS
+
+
+def shard_tag(shard: int) -> str:
+    """A key in the shard's slot (to ask a cluster which node holds the shard)."""
+    return f"{KEY_PREFIX}:{{s{shard}}}"
+
+
+def _job_prefix(job_id: str) -> str:
+    return f"{shard_tag(shard_of(job_id))}:{job_id}"
 
 
 def events_key(job_id: str) -> str:
     """The job's event stream."""
-    return f"{KEY_PREFIX}:{{{job_id}}}:events"
+    return f"{_job_prefix(job_id)}:events"
 
 
 def job_key(job_id: str) -> str:
     """The job's status hash."""
-    return f"{KEY_PREFIX}:{{{job_id}}}:job"
+    return f"{_job_prefix(job_id)}:job"
 
 
 def text_key(job_id: str) -> str:
     """The job's text so far (a string grown with APPEND)."""
-    return f"{KEY_PREFIX}:{{{job_id}}}:text"
+    return f"{_job_prefix(job_id)}:text"
+
+
+def job_of(key: str) -> str:
+    """The job id in one of its keys (``tr:{s<n>}:<job_id>:<kind>``)."""
+    return key.split(":")[2]
 
 
 def job_keys(job_id: str) -> tuple[str, str, str]:

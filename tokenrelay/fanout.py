@@ -23,7 +23,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tokenrelay.connections import is_cluster
-from tokenrelay.events import EventId, events_key
+from tokenrelay.events import EventId, events_key, job_of, shard_of, shard_tag
 from tokenrelay.streams import EventLog, StoredEvent
 
 log = structlog.get_logger("tokenrelay.fanout")
@@ -175,14 +175,14 @@ class _NodeReader:
 
     async def _read_forever(self) -> None:
         while True:
+            if self._client_id is None:
+                self._client_id = int(await self._reader.client_id())
             cursors = self.hub._cursors
-            self.jobs &= cursors.keys()
+            self.jobs = {job for job in self.jobs if job in cursors}
             if not self.jobs:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            if self._client_id is None:
-                self._client_id = int(await self._reader.client_id())
             self._changed.clear()
             used = {job: cursors[job] for job in self.jobs}
             streams: dict[Any, Any] = {events_key(job): str(cur) for job, cur in used.items()}
@@ -192,8 +192,7 @@ class _NodeReader:
             finally:
                 self._blocked = False
             for key, entries in reply or []:
-                key = key.decode()
-                job_id = key[key.index("{") + 1 : key.rindex("}")]
+                job_id = job_of(key.decode())
                 self.hub._deliver(job_id, used[job_id], entries)
 
 
@@ -209,6 +208,8 @@ class Hub:
         self._subs: dict[str, set[Subscription]] = {}
         self._cursors: dict[str, EventId] = {}
         self._readers: dict[str, _NodeReader] = {}
+        self._topology_lock = asyncio.Lock()
+        self._topology_at = 0.0
 
     def subscribe(self, job_id: str, after: EventId) -> Subscription:
         return Subscription(self, job_id, after)
@@ -230,15 +231,17 @@ class Hub:
         for reader in readers:
             await reader.aclose()
 
-    def _node_of(self, job_id: str) -> ClusterNode | None:
-        if not self.cluster:
-            return None
-        cluster = cast(RedisCluster, self.log.redis)
-        return cluster.get_node_from_key(events_key(job_id))
-
     def _reader_for(self, job_id: str) -> _NodeReader:
-        node = self._node_of(job_id)
-        name = "single" if node is None else node.name
+        """The reader of the job's shard (cluster: a cross-slot XREAD is refused, even on one
+        node), or the one reader of a single server."""
+        node: ClusterNode | None = None
+        name = "single"
+        if self.cluster:
+            shard = shard_of(job_id)
+            found = cast(RedisCluster, self.log.redis).get_node_from_key(shard_tag(shard))
+            if found is None:
+                raise RedisError(f"no cluster node holds shard {shard}")
+            node, name = found, f"s{shard}@{found.name}"
         reader = self._readers.get(name)
         if reader is None:
             reader = _NodeReader(self, name, self._connect(node), self._connect(node))
@@ -246,12 +249,20 @@ class Hub:
         return reader
 
     async def _reroute(self, reader: _NodeReader) -> None:
-        """After MOVED or a lost node: learn the slots again, hand each job to its node."""
+        """After MOVED or a lost node: learn the slots again (at most once a second), then
+        hand each of the reader's jobs to the reader of its shard's current node."""
         if not self.cluster:
             return
-        with contextlib.suppress(RedisError, OSError):
-            await cast(RedisCluster, self.log.redis).nodes_manager.initialize()
+        async with self._topology_lock:
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._topology_at > 1.0:
+                with contextlib.suppress(RedisError, OSError):
+                    await cast(RedisCluster, self.log.redis).nodes_manager.initialize()
+                self._topology_at = loop.time()
         moved, reader.jobs = reader.jobs, set()
+        if self._readers.get(reader.node) is reader:
+            del self._readers[reader.node]
+            asyncio.get_running_loop().create_task(reader.aclose())
         for job_id in moved:
             if job_id in self._cursors:
                 self._reader_for(job_id).add(job_id)

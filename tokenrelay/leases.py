@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -37,20 +38,53 @@ RENEW_INTERVAL_S = 1.0
 REAP_INTERVAL_S = 1.0
 REAP_BATCH = 100
 REAP_LUA = (resources.files("tokenrelay") / "lua" / "reap.lua").read_text()
+SLOT_LUA = (resources.files("tokenrelay") / "lua" / "slot.lua").read_text()
+SLOT_POLL_S = 0.05
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def slots_key(upstream: str) -> str:
+    return f"{KEY_PREFIX}:slots:{upstream}"
+
+
 class Leases:
-    """The leases of one worker process's running jobs."""
+    """The leases of one worker process's running jobs, and the upstream concurrency slots
+    they hold (renewed with them, so a dead worker's slots lapse with its leases)."""
 
     def __init__(self, redis: Redis, ttl_s: float, active: Callable[[], set[str]]) -> None:
         self.redis = redis
         self.ttl_ms = int(ttl_s * 1000)
         self._active = active
         self._task: asyncio.Task[None] | None = None
+        self._slot = redis.register_script(SLOT_LUA)
+        self._slots: dict[str, tuple[str, int]] = {}  # job -> (upstream, limit)
+
+    async def acquire_slot(self, job_id: str, upstream: str, limit: int) -> None:
+        """Wait until the job holds one of the upstream's ``limit`` slots, across all workers.
+        Cancellable; callers bound the wait with the job's deadline."""
+        # Polled: slots free up in other processes, and a pub/sub per release would cost
+        # every worker a message per job; a 50 ms poll costs nothing while slots are free.
+        for wait in itertools.count():
+            if await self._take_slot(job_id, upstream, limit):
+                self._slots[job_id] = (upstream, limit)
+                return
+            if wait == 0:
+                log.info("upstream_slot_wait", upstream=upstream, limit=limit)
+            await asyncio.sleep(SLOT_POLL_S * random.uniform(0.5, 1.5))
+
+    async def _take_slot(self, job_id: str, upstream: str, limit: int) -> bool:
+        now = _now_ms()
+        args: list[str | int] = [job_id, now, now + self.ttl_ms, limit]
+        return bool(await self._slot(keys=[slots_key(upstream)], args=args))
+
+    async def release_slot(self, job_id: str) -> None:
+        held = self._slots.pop(job_id, None)
+        if held is not None:
+            with contextlib.suppress(RedisError):
+                await self.redis.zrem(slots_key(held[0]), job_id)
 
     async def take(self, job_id: str) -> None:
         """Hold a lease on ``job_id`` from now (before its first event is published)."""
@@ -79,6 +113,8 @@ class Leases:
             try:
                 # XX: renew only; a job the reaper or its end already removed stays removed.
                 await self.redis.zadd(LEASES_KEY, dict.fromkeys(jobs, deadline), xx=True)
+                for job_id, (upstream, _) in list(self._slots.items()):
+                    await self.redis.zadd(slots_key(upstream), {job_id: deadline}, xx=True)
             except RedisError as exc:
                 log.warning("lease_renew_failed", error=type(exc).__name__, jobs=len(jobs))
 

@@ -25,6 +25,9 @@ class UpstreamConfig(BaseModel):
     first_token_timeout_s: float | None = Field(default=None, gt=0)
     idle_timeout_s: float | None = Field(default=None, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=10, description="tries before the first delta")
+    max_concurrency: int | None = Field(
+        default=None, ge=1, description="streams at once to this upstream, from all workers"
+    )
     default_model: str | None = None
 
     @property

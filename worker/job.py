@@ -217,7 +217,7 @@ class JobRunner:
                 break
             log.info("upstream_stream_started")
             pump = asyncio.create_task(
-                self._pump(upstream, config, request, stream, stops, outcome)
+                self._pump(upstream, upstream_name, config, request, stream, stops, outcome)
             )
             self._pumps[job_id] = pump
             try:
@@ -298,6 +298,7 @@ class JobRunner:
     async def _pump(
         self,
         upstream: Upstream,
+        upstream_name: str,
         config: UpstreamConfig,
         request: GenerationRequest,
         stream: JobStream,
@@ -308,6 +309,9 @@ class JobRunner:
         silent: no first token within ``first_token_timeout_s``, or no token for
         ``idle_timeout_s`` (both ``UpstreamTimeout``)."""
         loop = asyncio.get_running_loop()
+        if config.max_concurrency is not None:
+            # Wait for a slot of the upstream's limit, shared by every worker process.
+            await self.leases.acquire_slot(stream.job_id, upstream_name, config.max_concurrency)
         chunks = upstream.stream(request)
         waiting_first = True
         try:
@@ -342,6 +346,7 @@ class JobRunner:
             raise UpstreamTimeout(f"no token for {config.idle_s:g} s", retryable=False) from None
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
+            await self.leases.release_slot(stream.job_id)
 
     def _delta(self, stream: JobStream, outcome: _Outcome, text: str) -> None:
         if not text:

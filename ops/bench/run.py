@@ -31,6 +31,8 @@ sys.path.insert(0, str(HERE))
 
 from client import Conn, event_id, event_type, sent_ns  # noqa: E402
 
+from tokenrelay.events import events_key, job_key, job_keys  # noqa: E402
+
 
 def free_port() -> int:
     import socket
@@ -252,13 +254,13 @@ async def publish_rate(s: Stack, jobs: int, tokens: int) -> Row:
     # Wait for every job to end, then read the span from the stream ids (ms timestamps).
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        statuses = await asyncio.gather(*(r.hget(f"tr:{{{i}}}:job", "status") for i in ids))
+        statuses = await asyncio.gather(*(r.hget(job_key(i), "status") for i in ids))
         if all(st in (b"succeeded", b"failed", b"cancelled") for st in statuses):
             break
         await asyncio.sleep(0.2)
     firsts, lasts, deltas = [], [], 0
     for job_id in ids:
-        key = f"tr:{{{job_id}}}:events"
+        key = events_key(job_id)
         first = await r.xrange(key, count=1)
         last = await r.xrevrange(key, count=1)
         firsts.append(int(first[0][0].split(b"-")[0]))
@@ -304,8 +306,8 @@ async def resume_latency(s: Stack, n: int) -> tuple[Row, Row]:
     conn.close()
     r = aioredis.Redis.from_url(s.redis_url)
     memory = 0
-    for key in ("events", "job", "text"):
-        memory += await r.memory_usage(f"tr:{{{job_id}}}:{key}") or 0
+    for key in job_keys(job_id):
+        memory += await r.memory_usage(key) or 0
     await r.aclose()
     return (
         Row(
@@ -394,13 +396,13 @@ async def concurrency(s: Stack, jobs: int, rate: float, seconds: float) -> Row:
     while time.monotonic() < deadline:
         peak = max(peak, worker.memory_info().rss)
         running = await r.zcard("tr:leases")
-        statuses = await asyncio.gather(*(r.hget(f"tr:{{{i}}}:job", "status") for i in ids[:50]))
+        statuses = await asyncio.gather(*(r.hget(job_key(i), "status") for i in ids[:50]))
         if running == 0 and all(st not in (b"queued", b"running") for st in statuses):
             break
         await asyncio.sleep(0.5)
     early, late_lags = [], []
     for job_id in ids:
-        for eid, fields in await r.xrange(f"tr:{{{job_id}}}:events"):
+        for eid, fields in await r.xrange(events_key(job_id)):
             sent = sent_ns(fields[b"d"])
             if sent is None:
                 continue

@@ -22,6 +22,7 @@ from tests.integration.helpers import (
     texts,
 )
 from tests.upstream_server import SCENARIOS, Scenario, UpstreamServer
+from tokenrelay.events import events_key
 
 
 @dataclass(frozen=True)
@@ -314,7 +315,7 @@ async def test_resume_point_older_than_what_is_kept_is_410(
     full = await collect(client, job_id)
     r = aioredis.Redis.from_url(system.redis_url)
     try:
-        await r.xtrim(f"tr:{{{job_id}}}:events", maxlen=10, approximate=False)
+        await r.xtrim(events_key(job_id), maxlen=10, approximate=False)
     finally:
         await r.aclose()
     response = await client.get(f"/v1/jobs/{job_id}/events", params={"after": full[5].id})

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from tests.conftest import UPSTREAM_SECRET, RelaySystem, relay_system, system_env, with_db
 from tests.integration.helpers import assert_well_formed, collect, submit, texts, wait_status
 from tests.upstream_server import SCENARIOS, Scenario, UpstreamServer
+from tokenrelay.events import events_key, job_key, job_keys
 
 
 @pytest.fixture
@@ -131,10 +132,10 @@ async def test_finished_job_expires_after_the_stream_ttl(idle_system: RelaySyste
         events = await collect(c, job_id)
         r = aioredis.Redis.from_url(idle_system.redis_url)
         try:
-            ttls = [await r.ttl(f"tr:{{{job_id}}}:{k}") for k in ("events", "job", "text")]
+            ttls = [await r.ttl(k) for k in job_keys(job_id)]
             assert all(0 < t <= 2 for t in ttls), ttls
             await asyncio.sleep(2.5)  # past the 2 s TTL
-            assert not await r.exists(f"tr:{{{job_id}}}:events", f"tr:{{{job_id}}}:job")
+            assert not await r.exists(events_key(job_id), job_key(job_id))
         finally:
             await r.aclose()
         assert (await c.get(f"/v1/jobs/{job_id}")).status_code == 404
@@ -150,8 +151,8 @@ async def test_unfinished_jobs_keys_never_live_forever(
     await asyncio.sleep(0.2)
     r = aioredis.Redis.from_url(system.redis_url)
     try:
-        for key in ("events", "job", "text"):
-            assert await r.ttl(f"tr:{{{job_id}}}:{key}") > 3600, key
+        for key in job_keys(job_id):
+            assert await r.ttl(key) > 3600, key
     finally:
         await r.aclose()
     await client.post(f"/v1/jobs/{job_id}/cancel")
