@@ -27,7 +27,7 @@ from api.encoding import (
     wire_format,
 )
 from api.errors import ApiError
-from api.reading import follow, load_job, resume_point
+from api.reading import follow, load_job, require_job, resume_point
 from api.schemas import ErrorBody, Job, JobCreated, JobRequest, UpstreamList
 from api.state import Relay
 from api.submission import new_job_id, submit
@@ -227,7 +227,7 @@ async def job_events(
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Follow the job's events over SSE (or NDJSON by ``Accept``), resumable by event id."""
-    await load_job(r, job_id, tenant)
+    await require_job(r, job_id, tenant)
     start = await resume_point(r, job_id, after, last_event_id)
     fmt = wire_format(accept)
     return StreamingResponse(

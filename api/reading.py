@@ -17,18 +17,33 @@ ID_PREFIXES = ("chatcmpl-", "cmpl-")
 REPLAY_PAGE = 1000
 
 
-async def load_job(r: Relay, ref: str, tenant: str) -> tuple[dict[str, str], str]:
-    """The fields and text of job ``ref`` (``job_...``, or a ``chatcmpl-``/``cmpl-`` id made
-    from one). Raises ``JobNotFound`` (404) when unknown, expired or another key's."""
+def _job_id(ref: str) -> str:
     job_id = ref
     for prefix in ID_PREFIXES:
         job_id = job_id.removeprefix(prefix)
     if not JOB_ID.match(job_id):
         raise JobNotFound(ref)
+    return job_id
+
+
+async def load_job(r: Relay, ref: str, tenant: str) -> tuple[dict[str, str], str]:
+    """The fields and text of job ``ref`` (``job_...``, or a ``chatcmpl-``/``cmpl-`` id made
+    from one). Raises ``JobNotFound`` (404) when unknown, expired or another key's."""
+    job_id = _job_id(ref)
     found = await r.events.get_job(job_id)
     if found is None or not secrets.compare_digest(found[0].get("tenant", ""), tenant):
         raise JobNotFound(ref)
     return found
+
+
+async def require_job(r: Relay, ref: str, tenant: str) -> str:
+    """The job id of ``ref`` if the job exists and is the tenant's: one small read (no text),
+    for routes that only follow a job. Raises ``JobNotFound`` (404) otherwise."""
+    job_id = _job_id(ref)
+    (owner,) = await r.events.job_fields(job_id, "tenant")
+    if owner is None or not secrets.compare_digest(owner, tenant):
+        raise JobNotFound(ref)
+    return job_id
 
 
 async def resume_point(
