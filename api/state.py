@@ -35,7 +35,13 @@ class Relay:
 
         hub = Hub(events, functools.partial(node_client, settings))
         # Jobs whose worker died end even when no worker is left to notice.
-        reaper = Reaper(redis, queue, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
+        reaper = Reaper(
+            redis,
+            queue,
+            ttl_s=settings.stream_ttl_s,
+            maxlen=settings.stream_maxlen,
+            lease_ttl_s=settings.lease_ttl_s,
+        )
         reaper.start()
         return cls(settings, redis, queue, events, hub, reaper)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, TypeAlias, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
 
@@ -44,4 +44,6 @@ def node_client(settings: Settings, node: ClusterNode | None) -> Redis:
     reader that keeps its connection blocked in XREAD."""
     if node is None:
         return cast(Redis, Redis.from_url(settings.streams_dsn, single_connection_client=True))
-    return Redis(host=node.host, port=int(node.port), single_connection_client=True)
+    # The node's own connection settings: password, username, TLS as the cluster client has.
+    pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
+    return Redis(connection_pool=pool, single_connection_client=True)

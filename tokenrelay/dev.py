@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-STOP_GRACE_S = 10.0
+STOP_GRACE_S = 30.0  # above the worker's default shutdown grace (20 s)
 LOCAL_MODEL = "smollm2"
 
 

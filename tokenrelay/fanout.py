@@ -1,4 +1,5 @@
-"""Hub: one shared XREAD BLOCK reader per process, fanning new events out to every listener.
+"""Hub: shared XREAD BLOCK readers (one per process, or one per shard on a Redis Cluster),
+fanning new events out to every listener.
 
 A listener first replays what it missed with XRANGE, then subscribes at its last event id. The
 hub tails each followed stream from a cursor and hands every listener each batch together with

@@ -122,11 +122,17 @@ class Leases:
 class Reaper:
     """Ends the jobs whose lease ran out. Safe to run in many processes at once."""
 
-    def __init__(self, streams: Streams, queue: Redis, *, ttl_s: int, maxlen: int) -> None:
+    def __init__(
+        self, streams: Streams, queue: Redis, *, ttl_s: int, maxlen: int, lease_ttl_s: float
+    ) -> None:
         self.streams = streams
         self.redis = queue  # leases, arq's records and the wake-up live with the queue
         self.ttl_s = ttl_s
         self.maxlen = maxlen
+        # Reap only after Redis has answered for a whole lease TTL: after an outage (or this
+        # process's start) live workers need that long to renew leases that lapsed meanwhile.
+        self.grace_s = lease_ttl_s + RENEW_INTERVAL_S
+        self._healthy_since: float | None = time.monotonic()
         self._script = script(streams, REAP_LUA)
         self._task: asyncio.Task[None] | None = None
         self.reaped = 0
@@ -145,8 +151,13 @@ class Reaper:
             # Jitter, so reapers in many processes do not all wake at once.
             await asyncio.sleep(REAP_INTERVAL_S * random.uniform(0.5, 1.0))
             try:
-                await self.reap_once()
-            except RedisError as exc:
+                await self.redis.ping()
+                if self._healthy_since is None:
+                    self._healthy_since = time.monotonic()
+                if time.monotonic() - self._healthy_since >= self.grace_s:
+                    await self.reap_once()
+            except (RedisError, OSError) as exc:
+                self._healthy_since = None
                 log.warning("reap_failed", error=type(exc).__name__)
 
     async def reap_once(self) -> int:

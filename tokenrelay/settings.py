@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     api_keys: SecretStr = SecretStr("")
     stream_ttl_s: int = Field(default=86400, gt=0)
 
-    # Additions to the contract's table, documented in docs/configuration.md.
+    # Additions to the contract's table, documented in docs/contract-additions.md.
     job_timeout_s: float = Field(default=3600.0, gt=0, description="whole-job deadline")
     retry_budget_s: float = Field(default=60.0, ge=0, description="total time spent retrying")
     max_jobs_per_worker: int = Field(default=256, gt=0)

@@ -417,7 +417,7 @@ class JobRunner:
             duration_ms=round(duration * 1000, 1),
         )
         with contextlib.suppress(RedisError):  # metrics must never fail a job
-            async with self.events.redis.pipeline(transaction=False) as pipe:
+            async with self.events.queue.pipeline(transaction=False) as pipe:
                 record_job(
                     pipe,
                     status=fields["status"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from typing import Any
 
 import structlog
@@ -143,7 +144,13 @@ def create_worker(settings: Settings) -> RelayWorker:
         leases = Leases(queue, settings.lease_ttl_s, lambda: runner_.active())
         runner_ = JobRunner(settings, events, writer, leases)
         leases.start()
-        reaper = Reaper(redis, queue, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
+        reaper = Reaper(
+            redis,
+            queue,
+            ttl_s=settings.stream_ttl_s,
+            maxlen=settings.stream_maxlen,
+            lease_ttl_s=settings.lease_ttl_s,
+        )
         reaper.start()
         holder["background"] = [leases, reaper]
         holder["heartbeat"] = asyncio.create_task(_heartbeat(queue, runner_.worker_id))
@@ -186,6 +193,6 @@ def create_worker(settings: Settings) -> RelayWorker:
         handle_signals=True,
         # SIGTERM: take no new jobs, let running ones finish for this long, then stop the rest
         # (their streams end with worker_lost rather than breaking off).
-        job_completion_wait=int(settings.shutdown_grace_s),
+        job_completion_wait=math.ceil(settings.shutdown_grace_s),
     )
     return worker

@@ -166,3 +166,29 @@ async def test_a_job_whose_worker_died_before_starting_it_runs_again(
             assert events[-1].data == {"finish_reason": "stop"}
             assert [e.data["attempt"] for e in events if e.type == "start"] == [1]
             assert '"job_requeued"' in system.log("api") + system.log("worker0")
+
+
+async def test_a_redis_outage_longer_than_the_lease_ends_no_healthy_job(
+    tmp_path: Path, upstream: UpstreamServer
+) -> None:
+    """Leases lapse while Redis is down; reapers wait a lease TTL after it is back, so the
+    workers renew them first and nothing is reaped."""
+    redis = RedisServer(tmp_path / "aof", appendonly=True)
+    redis.start()
+    try:
+        expected = slow("outage", upstream, 120, 0.05)  # 6 s
+        env = system_env(upstream, TOKENRELAY_LEASE_TTL_S="2")
+        with relay_system(tmp_path / "sys", redis.url, env) as system:
+            async with httpx.AsyncClient(base_url=system.base_url, timeout=10) as c:
+                job_id = await submit(c, model="outage")
+                listener = asyncio.create_task(follow_resilient(c, job_id, within=60))
+                await asyncio.sleep(1.0)
+                redis.stop()
+                await asyncio.sleep(LEASE_TTL_S + 1.5)  # longer than a lease
+                redis.start()
+                events, _ = await listener
+                assert_well_formed(events)
+                assert events[-1].data == {"finish_reason": "stop"}, events[-3:]
+                assert texts(events) == expected
+    finally:
+        redis.stop()
