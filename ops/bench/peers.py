@@ -631,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             Peer(name, python, args.workdir, stack.redis_url, stack.upstream_port)
             for name in SYSTEMS[1:]
         ]
-        logs = [args.workdir / "api.log", args.workdir / "worker0.log"]
+        logs = [args.workdir / "api0.log", args.workdir / "worker0.log"]
         systems = [System(stack.api_port, logs), *peers]
         run = measure(systems, stack.redis_url, args.quick)
         table, notes = asyncio.run(asyncio.wait_for(run, args.timeout))
