@@ -24,7 +24,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tokenrelay.connections import Streams, is_cluster, script
 from tokenrelay.errors import EventIdExpired, Fenced, InvalidEventId, JobNotFound
 from tokenrelay.events import (
-    TERMINAL_STATUSES,
     ZERO_ID,
     EventId,
     EventType,
@@ -199,10 +198,6 @@ class EventLog:
         if not raw:
             raise JobNotFound(job_id)
         return {k.decode(): v.decode() for k, v in raw.items()}
-
-
-def is_terminal(fields: Mapping[str, str]) -> bool:
-    return fields.get("status") in TERMINAL_STATUSES
 
 
 # --- writing ------------------------------------------------------------------------------------

@@ -147,5 +147,6 @@ async def test_an_upstreams_concurrency_limit_holds_across_workers(
         assert events[-1].data == {"finish_reason": "stop"}
     assert upstream.peak("slot") == 2, "two workers, six jobs, never more than two streams"
     # Metrics are shared through the queue Redis, whichever Redis holds the streams.
-    metrics = httpx.get(f"{b.base_url}/metrics", timeout=10).text
+    async with httpx.AsyncClient(base_url=b.base_url, timeout=10) as client:
+        metrics = (await client.get("/metrics")).text
     assert 'tokenrelay_jobs_total{status="succeeded",upstream="limited"} 6.0' in metrics
