@@ -318,6 +318,52 @@ async def test_ollama_chat_request() -> None:
     }
 
 
+TOOL_TURN_OPENAI = [
+    {"role": "user", "content": "Weather in Berlin?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "call_9",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Berlin"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_9", "content": "12 C"},
+]
+TOOL_TURN_OLLAMA = [
+    TOOL_TURN_OPENAI[0],
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Berlin"}}}],
+    },
+    {"role": "tool", "content": "12 C"},
+]
+
+
+@pytest.mark.parametrize("sent_as", ["openai", "ollama"])
+async def test_tool_call_turns_reach_each_upstream_in_its_own_shape(sent_as: str) -> None:
+    """A client's earlier tool calls, in either format, go to each upstream as it wants them."""
+    messages = TOOL_TURN_OPENAI if sent_as == "openai" else TOOL_TURN_OLLAMA
+    request = GenerationRequest(model="m", messages=messages)
+    async with asyncio.timeout(5):
+        to_ollama = json.loads((await sent_request("ollama", request)).content)["messages"]
+        to_openai = json.loads((await sent_request("openai", request)).content)["messages"]
+    (ollama_call,) = to_ollama[1]["tool_calls"]
+    assert ollama_call["function"] == {"name": "get_weather", "arguments": {"city": "Berlin"}}
+    (openai_call,) = to_openai[1]["tool_calls"]
+    assert openai_call["function"]["name"] == "get_weather"
+    assert json.loads(openai_call["function"]["arguments"]) == {"city": "Berlin"}
+    assert openai_call["type"] == "function" and openai_call["id"]
+    if sent_as == "openai":
+        assert openai_call["id"] == "call_9"
+    assert to_ollama[0] == to_openai[0] == messages[0]
+    assert to_ollama[2] == to_openai[2] == messages[2]
+
+
 async def test_ollama_generate_request_without_options() -> None:
     async with asyncio.timeout(5):
         request = await sent_request("ollama", PROMPT)

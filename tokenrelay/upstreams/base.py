@@ -81,6 +81,40 @@ class Upstream(Protocol):
     def stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]: ...
 
 
+def tool_calls_as(messages: list[dict[str, Any]], arguments: str) -> list[dict[str, Any]]:
+    """``messages`` with assistant tool calls in one wire format's shape, whichever a client
+    sent: ``arguments="string"`` (OpenAI: JSON text, an ``id`` and ``type`` per call) or
+    ``"object"`` (Ollama: the parsed object). Multi-turn tool use then works against either
+    kind of upstream. Messages without tool calls pass unchanged."""
+    out = []
+    for index, message in enumerate(messages):
+        calls = message.get("tool_calls")
+        if not isinstance(calls, list) or not calls:
+            out.append(message)
+            continue
+        converted = []
+        for n, call in enumerate(calls):
+            if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+                converted.append(call)
+                continue
+            function = dict(call["function"])
+            args = function.get("arguments")
+            if arguments == "string" and not isinstance(args, str):
+                function["arguments"] = orjson.dumps(args if args is not None else {}).decode()
+            elif arguments == "object" and isinstance(args, str):
+                try:
+                    function["arguments"] = orjson.loads(args) if args else {}
+                except orjson.JSONDecodeError:
+                    pass  # not JSON: leave it for the upstream to judge
+            call = {**call, "function": function}
+            if arguments == "string":
+                call.setdefault("id", f"call_{index}_{n}")
+                call.setdefault("type", "function")
+            converted.append(call)
+        out.append({**message, "tool_calls": converted})
+    return out
+
+
 def headers_for(config: UpstreamConfig) -> dict[str, str]:
     headers = {"accept": "text/event-stream, application/x-ndjson, application/json"}
     if config.api_key is not None:

@@ -23,6 +23,7 @@ from tokenrelay.upstreams.base import (
     drop_none,
     open_stream,
     parse_json,
+    tool_calls_as,
     wrong_shape,
 )
 
@@ -46,7 +47,7 @@ class OllamaUpstream:
         if options:
             body["options"] = options
         if request.messages is not None:
-            body["messages"] = request.messages
+            body["messages"] = tool_calls_as(request.messages, "object")
             if request.tools:
                 body["tools"] = request.tools
             return "/api/chat", body

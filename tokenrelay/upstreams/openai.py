@@ -22,6 +22,7 @@ from tokenrelay.upstreams.base import (
     drop_none,
     open_stream,
     parse_json,
+    tool_calls_as,
     wrong_shape,
 )
 
@@ -48,7 +49,7 @@ class OpenAIUpstream:
             }
         )
         if request.messages is not None:
-            body["messages"] = request.messages
+            body["messages"] = tool_calls_as(request.messages, "string")
             if request.tools:
                 body["tools"] = request.tools
             return "/chat/completions", body
