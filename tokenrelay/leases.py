@@ -112,9 +112,12 @@ class Leases:
             deadline = _now_ms() + self.ttl_ms
             try:
                 # XX: renew only; a job the reaper or its end already removed stays removed.
-                await self.redis.zadd(LEASES_KEY, dict.fromkeys(jobs, deadline), xx=True)
-                for job_id, (upstream, _) in list(self._slots.items()):
-                    await self.redis.zadd(slots_key(upstream), {job_id: deadline}, xx=True)
+                # One round trip for every lease and slot this process holds.
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.zadd(LEASES_KEY, dict.fromkeys(jobs, deadline), xx=True)
+                    for job_id, (upstream, _) in list(self._slots.items()):
+                        pipe.zadd(slots_key(upstream), {job_id: deadline}, xx=True)
+                    await pipe.execute()
             except RedisError as exc:
                 log.warning("lease_renew_failed", error=type(exc).__name__, jobs=len(jobs))
 
