@@ -29,19 +29,11 @@ class Relay:
         redis = streams_client(settings, queue)
         if not isinstance(redis, Redis):
             await redis.initialize()  # learn the cluster's slots before the first request
-        events = EventLog(
-            redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen, queue=queue
-        )
+        events = EventLog.for_settings(redis, queue, settings)
 
         hub = Hub(events, functools.partial(node_client, settings))
         # Jobs whose worker died end even when no worker is left to notice.
-        reaper = Reaper(
-            redis,
-            queue,
-            ttl_s=settings.stream_ttl_s,
-            maxlen=settings.stream_maxlen,
-            lease_ttl_s=settings.lease_ttl_s,
-        )
+        reaper = Reaper.for_settings(redis, queue, settings)
         reaper.start()
         return cls(settings, redis, queue, events, hub, reaper)
 

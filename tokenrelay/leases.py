@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from tokenrelay.connections import Streams, script
 from tokenrelay.events import KEY_PREFIX, WAKE_CHANNEL, job_keys
+from tokenrelay.settings import Settings
 
 log = structlog.get_logger("tokenrelay.leases")
 
@@ -139,6 +140,16 @@ class Reaper:
         self._script = script(streams, REAP_LUA)
         self._task: asyncio.Task[None] | None = None
         self.reaped = 0
+
+    @classmethod
+    def for_settings(cls, streams: Streams, queue: Redis, settings: Settings) -> Reaper:
+        return cls(
+            streams,
+            queue,
+            ttl_s=settings.stream_ttl_s,
+            maxlen=settings.stream_maxlen,
+            lease_ttl_s=settings.lease_ttl_s,
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._reap_forever(), name="tokenrelay-reaper")

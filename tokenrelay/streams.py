@@ -33,6 +33,7 @@ from tokenrelay.events import (
     text_key,
 )
 from tokenrelay.queue import add_enqueue, add_job_records
+from tokenrelay.settings import Settings
 
 log = structlog.get_logger("tokenrelay.streams")
 
@@ -95,6 +96,10 @@ class EventLog:
         self._claim = script(redis, CLAIM_LUA)
         self._finish_queued = script(redis, FINISH_QUEUED_LUA)
         self._read_job = script(redis, READ_JOB_LUA)
+
+    @classmethod
+    def for_settings(cls, redis: Streams, queue: Redis, settings: Settings) -> EventLog:
+        return cls(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen, queue=queue)
 
     # -- job state -------------------------------------------------------------------------
 

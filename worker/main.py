@@ -134,9 +134,7 @@ def create_worker(settings: Settings) -> RelayWorker:
     async def on_startup(ctx: dict[str, Any]) -> None:
         queue = queue_client(settings)
         redis = streams_client(settings, queue)
-        events = EventLog(
-            redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen, queue=queue
-        )
+        events = EventLog.for_settings(redis, queue, settings)
         writer = EventWriter(
             redis, maxlen=settings.stream_maxlen, safety_ttl_s=settings.unfinished_ttl_s
         )
@@ -144,13 +142,7 @@ def create_worker(settings: Settings) -> RelayWorker:
         leases = Leases(queue, settings.lease_ttl_s, lambda: runner_.active())
         runner_ = JobRunner(settings, events, writer, leases)
         leases.start()
-        reaper = Reaper(
-            redis,
-            queue,
-            ttl_s=settings.stream_ttl_s,
-            maxlen=settings.stream_maxlen,
-            lease_ttl_s=settings.lease_ttl_s,
-        )
+        reaper = Reaper.for_settings(redis, queue, settings)
         reaper.start()
         holder["background"] = [leases, reaper]
         holder["heartbeat"] = asyncio.create_task(_heartbeat(queue, runner_.worker_id))
