@@ -224,9 +224,6 @@ class Hub:
     def listeners(self) -> int:
         return sum(len(subs) for subs in self._subs.values())
 
-    def start(self) -> None:
-        """Readers start as streams are followed; nothing to do ahead."""
-
     async def aclose(self) -> None:
         readers, self._readers = list(self._readers.values()), {}
         for reader in readers:

@@ -136,6 +136,7 @@ class JobRunner:
         # (the worker leased the job already, when it took it from the queue).
         self._active.add(job_id)
         stream: JobStream | None = None
+        upstream = ""
         try:
             claimed = await self.events.claim(
                 job_id,
@@ -147,8 +148,9 @@ class JobRunner:
             if isinstance(claimed, str):
                 log.info("job_skipped", status=claimed)
                 return
+            upstream = claimed.upstream
             structlog.contextvars.bind_contextvars(
-                upstream=claimed.upstream, model=claimed.model, attempt=claimed.attempt
+                upstream=upstream, model=claimed.model, attempt=claimed.attempt
             )
             stream = self.writer.stream(job_id, owner, claimed.nevents)
             start: dict[str, Any] = {
@@ -175,7 +177,8 @@ class JobRunner:
             if stream is not None and stream.failed is None:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(2):
-                        await self._end(stream, _lost_outcome("the worker stopped mid-job"))
+                        outcome = _lost_outcome("the worker stopped mid-job")
+                        await self._end(stream, outcome, upstream)
             raise
         finally:
             self._active.discard(job_id)
@@ -389,7 +392,7 @@ class JobRunner:
             "source": source,
         }
 
-    async def _end(self, stream: JobStream, outcome: _Outcome, upstream: str = "") -> None:
+    async def _end(self, stream: JobStream, outcome: _Outcome, upstream: str) -> None:
         """Publish ``error`` (if any) and the one ``end``, with the final status fields."""
         fields = {
             "status": status_for(outcome.finish_reason),
