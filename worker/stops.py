@@ -21,7 +21,12 @@ class StopFilter:
         self.stopped = False
 
     def feed(self, text: str) -> str:
-        """The text that is safe to publish now; sets ``stopped`` once the cut is certain."""
+        """The text that is safe to publish now.
+
+        Sets ``stopped`` on the very call whose delta makes the cut certain: a stop occurs and
+        no earlier position can still begin one (a longer stop sharing the match's start, such
+        as ``"00"`` beside ``"0"``, cannot cut earlier, so it does not hold the cut back).
+        """
         if self.stopped:
             return ""
         if not self.stops:
@@ -29,8 +34,9 @@ class StopFilter:
         buffer = self._held + text
         match = self._first_match(buffer)
         pending = self._first_partial(buffer)
-        if match is not None and (pending is None or pending > match):
-            # Nothing that starts earlier can still complete: the cut is final.
+        if match is not None and (pending is None or pending >= match):
+            # Nothing that starts earlier can still complete, and a longer stop starting at the
+            # match itself would cut at the same place: the cut is final.
             self._held = ""
             self.stopped = True
             return buffer[:match]

@@ -68,20 +68,29 @@ def test_output_is_the_text_before_the_first_stop(case: tuple[str, list[str], li
 
 @settings(max_examples=300, deadline=None)
 @given(scenarios())
+@example(("0", ["0", "00"], ["0"]))
+@example(("x00", ["0", "00"], ["x", "0", "0"]))
+@example(("xxabc", ["ab", "abc"], ["xxa", "bc"]))
 def test_holds_back_only_a_possible_stop_start(case: tuple[str, list[str], list[str]]) -> None:
     text, stops, deltas = case
+    expected = text[: first_match(text, stops)]
     stop_filter = StopFilter(stops)
     consumed = released = ""
     for delta in deltas:
         consumed += delta
         released += stop_filter.feed(delta)
         if stop_filter.stopped:
+            assert released == expected
             return
         assert consumed.startswith(released)
         held = consumed[len(released) :]
         assert len(held) < max(map(len, stops))
         assert held == "" or any(stop.startswith(held) and stop != held for stop in stops)
-    assert released + stop_filter.flush() == text
+        # Not stopped although a stop occurred: only a stop that may still start earlier holds
+        # the cut back, so what is held starts before the match.
+        match = first_match(consumed, stops)
+        assert match == len(consumed) or len(released) < match
+    assert released + stop_filter.flush() == expected
 
 
 @settings(max_examples=100, deadline=None)
@@ -92,6 +101,25 @@ def test_no_stops_pass_everything_through(deltas: list[str]) -> None:
         assert [stop_filter.feed(delta) for delta in deltas] == deltas
         assert stop_filter.flush() == ""
         assert not stop_filter.stopped
+
+
+@pytest.mark.parametrize(
+    ("stops", "deltas"),
+    [
+        (["0", "00"], ["0"]),
+        (["00", "0"], ["x", "0"]),
+        (["ab", "abc"], ["xx", "ab"]),
+        (["END"], ["Hello E", "N", "D"]),
+        (["abc", "b"], ["a", "bc"]),
+    ],
+)
+def test_stopped_on_the_delta_that_completes_the_stop(stops: list[str], deltas: list[str]) -> None:
+    stop_filter = StopFilter(stops)
+    for delta in deltas[:-1]:
+        stop_filter.feed(delta)
+        assert not stop_filter.stopped
+    stop_filter.feed(deltas[-1])
+    assert stop_filter.stopped
 
 
 def test_stop_split_over_three_deltas() -> None:
