@@ -7,9 +7,8 @@ from redis.exceptions import RedisError
 
 from api.encoding import JSONBody
 from api.state import Relay
-from tokenrelay.leases import LEASES_KEY
 from tokenrelay.metrics import METRICS_KEY, live_workers, render
-from tokenrelay.queue import QUEUE_NAME
+from tokenrelay.queue import LEASES_KEY, QUEUE_NAME
 
 router = APIRouter(tags=["ops"])
 

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from tokenrelay.connections import Streams, node_client, queue_client, streams_client
 from tokenrelay.fanout import Hub
 from tokenrelay.leases import Reaper
+from tokenrelay.queue import JobQueue
 from tokenrelay.settings import Settings
 from tokenrelay.streams import EventLog
 
@@ -33,7 +34,9 @@ class Relay:
 
         hub = Hub(events, functools.partial(node_client, settings))
         # Jobs whose worker died end even when no worker is left to notice.
-        reaper = Reaper.for_settings(redis, queue, settings)
+        reaper = Reaper(
+            events, JobQueue.for_settings(queue, redis, settings), lease_ttl_s=settings.lease_ttl_s
+        )
         reaper.start()
         return cls(settings, redis, queue, events, hub, reaper)
 

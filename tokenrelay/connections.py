@@ -3,11 +3,13 @@ streams (job events and state; one node, or a Redis Cluster)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeAlias, cast
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from tokenrelay.settings import Settings
 
@@ -16,23 +18,50 @@ Streams: TypeAlias = Redis | RedisCluster
 a job lives in one slot; nothing tokenrelay does spans two jobs' keys in one command."""
 
 
+def _timeouts(settings: Settings) -> dict[str, Any]:
+    """A reply that never comes (a half-dead connection) is an error after this long, not a
+    hang: the callers retry it on a new connection (see ``tokenrelay.resilience``)."""
+    return {
+        "socket_timeout": settings.redis_timeout_s,
+        "socket_connect_timeout": settings.redis_timeout_s,
+    }
+
+
 def queue_client(settings: Settings, **options: Any) -> Redis:
-    return cast(Redis, Redis.from_url(settings.queue_dsn, **options))
+    return cast(Redis, Redis.from_url(settings.queue_dsn, **{**_timeouts(settings), **options}))
 
 
 def streams_client(settings: Settings, queue: Redis | None = None) -> Streams:
     """The streams client; the queue client itself when both are the same single node (a
     submit is then one atomic round trip)."""
     if settings.streams_cluster:
-        return cast(RedisCluster, RedisCluster.from_url(settings.streams_dsn))
+        return cast(
+            RedisCluster, RedisCluster.from_url(settings.streams_dsn, **_timeouts(settings))
+        )
     if queue is not None and settings.streams_dsn == settings.queue_dsn:
         return queue
-    return cast(Redis, Redis.from_url(settings.streams_dsn))
+    return cast(Redis, Redis.from_url(settings.streams_dsn, **_timeouts(settings)))
 
 
 def script(client: Streams, source: str) -> AsyncScript:
     """A Lua script bound to ``client`` (either kind runs it on the node of its first key)."""
     return cast(AsyncScript, cast(Any, client).register_script(source))
+
+
+async def eval_many(
+    client: Redis, lua: AsyncScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
+) -> list[Any]:
+    """Run ``lua`` once per ``(keys, args)`` in one pipelined round trip (not a transaction);
+    each result is the reply or the error of its call. Loads the script first if Redis lost it
+    (a restart or a flush), so a NOSCRIPT never reaches the caller."""
+    async with client.pipeline(transaction=False) as pipe:
+        for keys, args in calls:
+            pipe.evalsha(lua.sha, len(keys), *keys, *args)
+        results = await pipe.execute(raise_on_error=False)
+    if any(isinstance(r, NoScriptError) for r in results):
+        await client.script_load(lua.script)
+        return await eval_many(client, lua, calls)
+    return list(results)
 
 
 def is_cluster(client: Streams) -> bool:

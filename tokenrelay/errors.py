@@ -10,7 +10,8 @@
     ├── JobNotFound                   no such job (or not yours, or expired)
     ├── InvalidEventId                a resume point that is malformed or was never issued
     ├── EventIdExpired                a resume point older than what is still kept
-    └── Fenced                        this attempt no longer owns the job (cancelled or taken over)
+    ├── Fenced                        this attempt no longer owns the job (reaped, or ended before)
+    └── StoreUnavailable              Redis refused or failed a write past the retry budget
 
 ``UpstreamError`` subclasses carry ``retryable``: whether trying again could succeed.
 """
@@ -80,3 +81,8 @@ class EventIdExpired(RelayError):
 
 class Fenced(RelayError):
     """The job's status hash names another owner: stop publishing at once."""
+
+
+class StoreUnavailable(RelayError):
+    """A write to Redis kept failing with transient errors for the whole retry budget
+    (``TOKENRELAY_WRITE_RETRY_S``); ``__cause__`` is the last error."""

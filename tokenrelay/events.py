@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
 import orjson
@@ -23,6 +25,7 @@ ErrorType: TypeAlias = Literal[
     "upstream_protocol",
     "invalid_request",
     "worker_lost",
+    "store_unavailable",
     "internal",
 ]
 
@@ -40,6 +43,38 @@ class Event:
 
     def encoded_data(self) -> bytes:
         return orjson.dumps(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a worker gets when it takes a job for an attempt."""
+
+    attempt: int
+    nevents: int
+    request: dict[str, Any]
+    upstream: str
+    model: str | None
+    cancel_requested: bool
+
+
+def parse_claim(reply: Sequence[Any]) -> Claim | str:
+    """A claim.lua reply: the ``Claim``, or the status that bars the job."""
+    if reply[0] == 0:
+        return reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+    attempt, nevents, request, upstream, model, cancel = reply
+    return Claim(
+        attempt=int(attempt),
+        nevents=int(nevents),
+        request=orjson.loads(request),
+        upstream=upstream.decode(),
+        model=model.decode() or None,
+        cancel_requested=bool(cancel),
+    )
+
+
+def now_rfc3339() -> str:
+    """Now, as the job records and events write instants: RFC 3339, UTC, milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def status_for(finish_reason: str) -> JobStatus:

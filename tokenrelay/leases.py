@@ -1,14 +1,20 @@
-"""Leases on running jobs, so a job whose worker died still ends, within a bounded time.
+"""Leases on taken jobs, so a job whose worker died still ends, within a bounded time.
 
-A worker holds a lease on each job it runs: a member of one sorted set scored by the lease's
-deadline (ms), renewed every second for all its jobs in one command. A reaper, in every API
-and worker process, ends each job whose lease ran out with ``error`` ``worker_lost`` and the
-one ``end``, atomically and only if the job is still running; it also takes the job's
-ownership, so a worker that was merely stalled can no longer write to it.
+A worker holds a lease on each job it took off the queue (taken and leased in one Lua call,
+see ``tokenrelay.queue``): a member of one sorted set scored by the lease's deadline (ms),
+renewed every second for all its jobs in one round trip, and released only once the job's
+``end`` is stored. A reaper, in every API and worker process, looks at each lapsed lease:
 
-A job's stream thus ends at most ``lease_ttl_s + REAP_INTERVAL_S`` after its worker died.
-The lease is taken as soon as a worker takes the job from the queue, before it starts it: a
-worker that dies in between leaves a queued job, which the reaper hands back to the queue.
+- the job is running (claimed, maybe mid-stream, maybe while writing its end): it ends it
+  with ``error`` ``worker_lost`` and the one ``end``, atomically, and takes the job's
+  ownership so a worker that was merely stalled can no longer write to it;
+- the job is still queued (its taker died or stalled before claiming it): it voids that
+  taker's claim and hands the job back to the queue, where any worker takes it again;
+- the job has ended, or is gone: it only tidies the queue's records away.
+
+A job's stream thus ends at most ``lease_ttl_s + REAP_INTERVAL_S`` after its worker died,
+once Redis answers. Jobs marked in progress with no lease at all (taken by something that
+never leased them) are found by a slow sweep of the queue and given a lapsed lease.
 """
 
 from __future__ import annotations
@@ -19,28 +25,31 @@ import itertools
 import random
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from importlib import resources
 
-import orjson
 import structlog
-from arq.constants import in_progress_key_prefix
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tokenrelay.connections import Streams, script
-from tokenrelay.events import KEY_PREFIX, WAKE_CHANNEL, job_keys
-from tokenrelay.settings import Settings
+from tokenrelay.events import KEY_PREFIX
+from tokenrelay.queue import JobQueue
+from tokenrelay.streams import EventLog
 
 log = structlog.get_logger("tokenrelay.leases")
 
-LEASES_KEY = f"{KEY_PREFIX}:leases"
 RENEW_INTERVAL_S = 1.0
 REAP_INTERVAL_S = 1.0
 REAP_BATCH = 100
-REAP_LUA = (resources.files("tokenrelay") / "lua" / "reap.lua").read_text()
+SWEEP_EVERY = 10
+"""Reap rounds between two pages of the sweep for in-progress jobs without a lease."""
+PROBE_KEY = f"{KEY_PREFIX}:reaper-probe"
 SLOT_LUA = (resources.files("tokenrelay") / "lua" / "slot.lua").read_text()
 SLOT_POLL_S = 0.05
+WORKER_LOST = {
+    "type": "worker_lost",
+    "message": "the worker running this job stopped responding mid-stream",
+    "retryable": True,
+}
 
 
 def _now_ms() -> int:
@@ -52,15 +61,16 @@ def slots_key(upstream: str) -> str:
 
 
 class Leases:
-    """The leases of one worker process's running jobs, and the upstream concurrency slots
+    """Renews the leases of one worker process's jobs, and the upstream concurrency slots
     they hold (renewed with them, so a dead worker's slots lapse with its leases)."""
 
-    def __init__(self, redis: Redis, ttl_s: float, active: Callable[[], set[str]]) -> None:
-        self.redis = redis
-        self.ttl_ms = int(ttl_s * 1000)
+    def __init__(self, jobs: JobQueue, active: Callable[[], set[str]]) -> None:
+        self.jobs = jobs
+        self.redis = jobs.redis
+        self.ttl_ms = jobs.lease_ttl_ms
         self._active = active
         self._task: asyncio.Task[None] | None = None
-        self._slot = redis.register_script(SLOT_LUA)
+        self._slot = script(jobs.redis, SLOT_LUA)
         self._slots: dict[str, tuple[str, int]] = {}  # job -> (upstream, limit)
 
     async def acquire_slot(self, job_id: str, upstream: str, limit: int) -> None:
@@ -84,16 +94,8 @@ class Leases:
     async def release_slot(self, job_id: str) -> None:
         held = self._slots.pop(job_id, None)
         if held is not None:
-            with contextlib.suppress(RedisError):
+            with contextlib.suppress(RedisError, OSError):
                 await self.redis.zrem(slots_key(held[0]), job_id)
-
-    async def take(self, job_id: str) -> None:
-        """Hold a lease on ``job_id`` from now (before its first event is published)."""
-        await self.redis.zadd(LEASES_KEY, {job_id: _now_ms() + self.ttl_ms})
-
-    async def release(self, job_id: str) -> None:
-        with contextlib.suppress(RedisError):
-            await self.redis.zrem(LEASES_KEY, job_id)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._renew_forever(), name="tokenrelay-leases")
@@ -110,46 +112,32 @@ class Leases:
             jobs = self._active()
             if not jobs:
                 continue
-            deadline = _now_ms() + self.ttl_ms
+            slots: dict[str, list[str]] = {}
+            for job_id, (upstream, _) in list(self._slots.items()):
+                slots.setdefault(slots_key(upstream), []).append(job_id)
             try:
-                # XX: renew only; a job the reaper or its end already removed stays removed.
-                # One round trip for every lease and slot this process holds.
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.zadd(LEASES_KEY, dict.fromkeys(jobs, deadline), xx=True)
-                    for job_id, (upstream, _) in list(self._slots.items()):
-                        pipe.zadd(slots_key(upstream), {job_id: deadline}, xx=True)
-                    await pipe.execute()
-            except RedisError as exc:
+                await self.jobs.renew(sorted(jobs), slots)
+            except (RedisError, OSError) as exc:
                 log.warning("lease_renew_failed", error=type(exc).__name__, jobs=len(jobs))
 
 
 class Reaper:
-    """Ends the jobs whose lease ran out. Safe to run in many processes at once."""
+    """Ends the jobs whose lease ran out, hands back those never claimed. Safe to run in many
+    processes at once: every step is atomic and checks the state it acts on."""
 
-    def __init__(
-        self, streams: Streams, queue: Redis, *, ttl_s: int, maxlen: int, lease_ttl_s: float
-    ) -> None:
-        self.streams = streams
-        self.redis = queue  # leases, arq's records and the wake-up live with the queue
-        self.ttl_s = ttl_s
-        self.maxlen = maxlen
-        # Reap only after Redis has answered for a whole lease TTL: after an outage (or this
-        # process's start) live workers need that long to renew leases that lapsed meanwhile.
+    def __init__(self, events: EventLog, jobs: JobQueue, *, lease_ttl_s: float) -> None:
+        self.events = events
+        self.jobs = jobs
+        # Reap only after Redis has taken writes for a whole lease TTL: after an outage (or
+        # this process's start) live workers need that long to renew leases that lapsed
+        # meanwhile. A write, not a PING: at maxmemory or on a replica Redis answers PING
+        # but refuses the renewals.
         self.grace_s = lease_ttl_s + RENEW_INTERVAL_S
         self._healthy_since: float | None = time.monotonic()
-        self._script = script(streams, REAP_LUA)
         self._task: asyncio.Task[None] | None = None
+        self._rounds = 0
         self.reaped = 0
-
-    @classmethod
-    def for_settings(cls, streams: Streams, queue: Redis, settings: Settings) -> Reaper:
-        return cls(
-            streams,
-            queue,
-            ttl_s=settings.stream_ttl_s,
-            maxlen=settings.stream_maxlen,
-            lease_ttl_s=settings.lease_ttl_s,
-        )
+        self.requeued = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._reap_forever(), name="tokenrelay-reaper")
@@ -165,47 +153,35 @@ class Reaper:
             # Jitter, so reapers in many processes do not all wake at once.
             await asyncio.sleep(REAP_INTERVAL_S * random.uniform(0.5, 1.0))
             try:
-                await self.redis.ping()
+                await self._probe(self.jobs.redis)
+                if self.events.redis is not self.jobs.redis:
+                    await self._probe(self.events.redis)
                 if self._healthy_since is None:
                     self._healthy_since = time.monotonic()
                 if time.monotonic() - self._healthy_since >= self.grace_s:
+                    self._rounds += 1
+                    if self._rounds % SWEEP_EVERY == 0:
+                        await self.jobs.sweep()
                     await self.reap_once()
             except (RedisError, OSError) as exc:
                 self._healthy_since = None
                 log.warning("reap_failed", error=type(exc).__name__)
 
+    @staticmethod
+    async def _probe(redis: Streams) -> None:
+        await redis.set(PROBE_KEY, b"1", px=10_000)
+
     async def reap_once(self) -> int:
-        """End every job whose lease has run out; returns how many this call ended."""
-        expired = await self.redis.zrangebyscore(
-            LEASES_KEY, "-inf", _now_ms(), start=0, num=REAP_BATCH
-        )
+        """Settle every job whose lease has run out; returns how many this call ended."""
         ended = 0
-        for raw in expired:
-            job_id = raw.decode()
-            error = {
-                "type": "worker_lost",
-                "message": "the worker running this job stopped responding mid-stream",
-                "retryable": True,
-            }
-            now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-            done = await self._script(
-                keys=list(job_keys(job_id)),
-                args=[
-                    now,
-                    self.ttl_s,
-                    orjson.dumps(error),
-                    orjson.dumps({"finish_reason": "error"}),
-                    self.maxlen,
-                    orjson.dumps(error),
-                ],
-            )
+        for job_id, taker in await self.jobs.lapsed(REAP_BATCH):
+            done = await self.events.fail(job_id, WORKER_LOST, void=taker)
             if done == 2:
-                # arq still marks it in progress (for an hour): clear that so any worker
-                # takes it again now, and wake them.
-                await self.redis.delete(in_progress_key_prefix + job_id)
-                await self.redis.publish(WAKE_CHANNEL, b"1")
-                log.warning("job_requeued", job_id=job_id)
-            await self.redis.zrem(LEASES_KEY, job_id)
+                if await self.jobs.requeue(job_id, taker):
+                    self.requeued += 1
+                    log.warning("job_requeued", job_id=job_id)
+                continue
+            await self.jobs.finish(job_id)
             if done == 1:
                 ended += 1
                 log.warning("job_reaped", job_id=job_id)

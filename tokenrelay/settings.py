@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     # Additions to the contract's table, documented in docs/contract-additions.md.
     job_timeout_s: float = Field(default=3600.0, gt=0, description="whole-job deadline")
     retry_budget_s: float = Field(default=60.0, ge=0, description="total time spent retrying")
+    write_retry_s: float = Field(
+        default=30.0, gt=0, description="how long a Redis write is retried before the job ends"
+    )
+    redis_timeout_s: float = Field(
+        default=5.0, gt=0, description="a Redis reply (or connect) slower than this is lost"
+    )
     max_jobs_per_worker: int = Field(default=256, gt=0)
     lease_ttl_s: float = Field(
         default=5.0, ge=1.0, description="a job whose worker is silent this long is ended"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
@@ -17,37 +17,39 @@ from typing import Any, cast
 import orjson
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError, ResponseError
 
-from tokenrelay.connections import Streams, is_cluster, script
-from tokenrelay.errors import EventIdExpired, Fenced, InvalidEventId, JobNotFound
+from tokenrelay.connections import Streams, eval_many, is_cluster, script
+from tokenrelay.errors import EventIdExpired, Fenced, InvalidEventId, JobNotFound, StoreUnavailable
 from tokenrelay.events import (
     ZERO_ID,
+    Claim,
     EventId,
     EventType,
     events_key,
     job_key,
     job_keys,
+    now_rfc3339,
+    parse_claim,
     text_key,
 )
 from tokenrelay.queue import add_enqueue, add_job_records
+from tokenrelay.resilience import Backoff, is_transient
 from tokenrelay.settings import Settings
 
 log = structlog.get_logger("tokenrelay.streams")
 
 _LUA = resources.files("tokenrelay") / "lua"
 APPEND_LUA = (_LUA / "append.lua").read_text()
-CLAIM_LUA = (_LUA / "claim.lua").read_text()
+CLAIM_LUA = (_LUA / "claim_fn.lua").read_text() + (
+    "\nreturn claim(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])\n"
+)
+FAIL_LUA = (_LUA / "fail.lua").read_text()
 FINISH_QUEUED_LUA = (_LUA / "finish_queued.lua").read_text()
 READ_JOB_LUA = (_LUA / "read_job.lua").read_text()
 
 MAX_EVENTS_PER_CALL = 512
 """A long batch is split so one Lua call never holds Redis for long."""
-
-RETRY_WINDOW_S = 30.0
-"""How long a write is retried through a Redis outage before the job is failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,18 +64,6 @@ class StoredEvent:
         value = orjson.loads(self.data)
         assert isinstance(value, dict)
         return value
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """What a worker gets when it takes a job for an attempt."""
-
-    attempt: int
-    nevents: int
-    request: dict[str, Any]
-    upstream: str
-    model: str | None
-    cancel_requested: bool
 
 
 def _decode_entries(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> list[StoredEvent]:
@@ -94,6 +84,7 @@ class EventLog:
         self.ttl_s = ttl_s
         self.maxlen = maxlen
         self._claim = script(redis, CLAIM_LUA)
+        self._fail = script(redis, FAIL_LUA)
         self._finish_queued = script(redis, FINISH_QUEUED_LUA)
         self._read_job = script(redis, READ_JOB_LUA)
 
@@ -137,24 +128,32 @@ class EventLog:
         value = await cast("Awaitable[bytes | None]", self.redis.hget(job_key(job_id), name))
         return None if value is None else value.decode()
 
-    async def claim(
-        self, job_id: str, owner: str, now: str, *, takeover: bool, safety_ttl_s: int
-    ) -> Claim | str:
-        """Take the job for an attempt, or return the status that bars it (``missing`` if gone)."""
-        reply = await self._claim(
-            keys=list(job_keys(job_id)), args=[owner, now, "1" if takeover else "0", safety_ttl_s]
+    async def claim(self, job_id: str, owner: str, now: str, *, safety_ttl_s: int) -> Claim | str:
+        """Take a queued job for ``owner`` (idempotent for it), or return the status that bars
+        it (``missing`` if gone, ``void`` if a reaper handed the job back meanwhile)."""
+        reply = await self._claim(keys=list(job_keys(job_id)), args=[owner, now, safety_ttl_s])
+        return parse_claim(reply)
+
+    async def fail(
+        self, job_id: str, error: Mapping[str, Any], *, owner: str = "", void: str = ""
+    ) -> int:
+        """End a running job with ``error`` and ``end`` ``error``, atomically (fail.lua): the
+        reaper's (``owner`` '': whoever holds it) or its worker's own. 1 when ended, 2 when
+        still queued (``void`` can no longer claim it), 0 when there is nothing to do."""
+        data = orjson.dumps(dict(error))
+        done = await self._fail(
+            keys=list(job_keys(job_id)),
+            args=[
+                owner,
+                now_rfc3339(),
+                self.ttl_s,
+                data,
+                orjson.dumps({"finish_reason": "error"}),
+                self.maxlen,
+                void,
+            ],
         )
-        if reply[0] == 0:
-            return reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-        attempt, nevents, request, upstream, model, cancel = reply
-        return Claim(
-            attempt=int(attempt),
-            nevents=int(nevents),
-            request=orjson.loads(request),
-            upstream=upstream.decode(),
-            model=model.decode() or None,
-            cancel_requested=bool(cancel),
-        )
+        return int(done)
 
     async def finish_queued(self, job_id: str, now: str, end_data: Mapping[str, Any]) -> bool:
         """End a job no worker has taken, with one ``end`` event. False if a worker has it."""
@@ -239,17 +238,26 @@ class EventWriter:
 
     ``JobStream.publish`` never waits for Redis. Order per job is kept: a job has at most one
     open batch, batches are written in the order they were opened, and rounds run one at a time.
+
+    A batch that meets a transient Redis error (``tokenrelay.resilience``) is sent again, with
+    backoff, for up to ``retry_s``; a retried batch is applied exactly once (its sequence number
+    says what Redis already has). Past the budget, or on a permanent error, the batch fails
+    with ``StoreUnavailable`` (or the error itself; ``Fenced`` for a job taken from its owner).
     """
 
-    def __init__(self, redis: Streams, *, maxlen: int, safety_ttl_s: int) -> None:
+    def __init__(
+        self, redis: Streams, *, maxlen: int, safety_ttl_s: int, retry_s: float = 30.0
+    ) -> None:
         self.redis = redis
         self.maxlen = maxlen
         self.safety_ttl_s = safety_ttl_s
+        self.retry_s = retry_s
         self._script = script(redis, APPEND_LUA)
         self._queue: list[_Batch] = []
         self._open: dict[str, _Batch] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._on_cancel: dict[str, Callable[[], None]] = {}
         self.rounds = 0
         self.events_written = 0
 
@@ -262,14 +270,23 @@ class EventWriter:
         if self._task is None:
             return
         if self._queue:
-            await asyncio.wait([self._queue[-1].done], timeout=RETRY_WINDOW_S)
+            await asyncio.wait([self._queue[-1].done], timeout=self.retry_s)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
 
-    def stream(self, job_id: str, owner: str, seq: int) -> JobStream:
+    def stream(
+        self, job_id: str, owner: str, seq: int, on_cancel: Callable[[], None] | None = None
+    ) -> JobStream:
+        """A writer of the job's events from event ``seq`` on; ``on_cancel`` is called once
+        when a write's reply says a cancel was asked for (in case its message was lost)."""
+        if on_cancel is not None:
+            self._on_cancel[job_id] = on_cancel
         return JobStream(self, job_id, owner, seq)
+
+    def forget(self, job_id: str) -> None:
+        self._on_cancel.pop(job_id, None)
 
     def _batch(self, job_id: str, owner: str, seq: int) -> _Batch:
         batch = self._open.get(job_id)
@@ -286,60 +303,77 @@ class EventWriter:
             self._wake.clear()
             batches, self._queue, self._open = self._queue, [], {}
             if batches:
-                await self._write(batches)
+                try:
+                    await self._write(batches)
+                except Exception as exc:  # a bug: fail these batches, never the writer
+                    log.error("event_write_failed", error=type(exc).__name__, exc_info=exc)
+                    for batch in batches:
+                        if not batch.done.done():
+                            batch.done.set_exception(exc)
 
     async def _write(self, batches: list[_Batch]) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RETRY_WINDOW_S
-        delay = 0.05
-        while True:
+        """Write the batches, again and again for those that met a transient error, until all
+        are settled or the retry budget is spent."""
+        backoff = Backoff(self.retry_s)
+        pending = batches
+        while pending:
             try:
-                results = await self._execute(batches)
-                break
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if loop.time() + delay > deadline:
-                    results = [exc] * len(batches)
-                    break
-                log.warning("event_write_retry", error=type(exc).__name__, delay_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            except Exception as exc:
-                # Not a transient error: fail these batches (their jobs end), keep the writer.
-                log.error("event_write_failed", error=type(exc).__name__, exc_info=exc)
-                results = [exc] * len(batches)
-                break
-        self.rounds += 1
-        for batch, result in zip(batches, results, strict=True):
-            if batch.done.done():
-                continue
-            if isinstance(result, BaseException):
-                fenced = isinstance(result, ResponseError) and "FENCED" in str(result)
-                batch.done.set_exception(Fenced(str(result)) if fenced else result)
-            else:
-                self.events_written += len(batch.events)
-                batch.done.set_result(result.decode() if isinstance(result, bytes) else str(result))
+                results = await self._execute(pending)
+            except (RedisError, OSError) as exc:
+                results = [exc] * len(pending)
+            self.rounds += 1
+            retry: list[_Batch] = []
+            stalled: set[str] = set()  # jobs with a batch to send again: later ones wait too
+            last_error: BaseException | None = None
+            for batch, result in zip(pending, results, strict=True):
+                if isinstance(result, BaseException) and _retryable(result, batch, stalled):
+                    retry.append(batch)
+                    stalled.add(batch.job_id)
+                    last_error = result
+                else:
+                    self._settle(batch, result)
+            if not retry:
+                return
+            log.warning("event_write_retry", error=type(last_error).__name__, batches=len(retry))
+            if not await backoff.wait():
+                for batch in retry:
+                    failure = StoreUnavailable(f"event write failed for {self.retry_s:g} s")
+                    failure.__cause__ = last_error
+                    self._settle(batch, failure)
+                return
+            pending = retry
+
+    def _settle(self, batch: _Batch, result: Any) -> None:
+        if batch.done.done():
+            return
+        if isinstance(result, BaseException):
+            fenced = isinstance(result, ResponseError) and "FENCED" in str(result)
+            batch.done.set_exception(Fenced(str(result)) if fenced else result)
+            return
+        last_id, cancel = result
+        self.events_written += len(batch.events)
+        if cancel:
+            on_cancel = self._on_cancel.pop(batch.job_id, None)
+            if on_cancel is not None:
+                on_cancel()
+        batch.done.set_result(last_id.decode() if isinstance(last_id, bytes) else str(last_id))
 
     async def _execute(self, batches: list[_Batch]) -> list[Any]:
+        calls = [(job_keys(b.job_id), b.args(self.maxlen, self.safety_ttl_s)) for b in batches]
         if is_cluster(self.redis):
             # redis-py's cluster pipeline refuses EVALSHA: send the calls side by side instead
             # (one round trip per node connection, in parallel; the client follows MOVED).
-            calls = [
-                self._script(
-                    keys=list(job_keys(b.job_id)), args=b.args(self.maxlen, self.safety_ttl_s)
-                )
-                for b in batches
-            ]
-            return list(await asyncio.gather(*calls, return_exceptions=True))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for batch in batches:
-                keys = job_keys(batch.job_id)
-                argv = batch.args(self.maxlen, self.safety_ttl_s)
-                pipe.evalsha(self._script.sha, len(keys), *keys, *argv)
-            results = await pipe.execute(raise_on_error=False)
-        if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted: load and redo
-            await self.redis.script_load(APPEND_LUA)
-            return await self._execute(batches)
-        return list(results)
+            sent = [self._script(keys=list(keys), args=args) for keys, args in calls]
+            return list(await asyncio.gather(*sent, return_exceptions=True))
+        return await eval_many(cast(Redis, self.redis), self._script, calls)
+
+
+def _retryable(error: BaseException, batch: _Batch, stalled: set[str]) -> bool:
+    """Whether a batch's error is worth sending it again: a transient error, or a GAP behind
+    an earlier batch of the same job that is itself to be sent again."""
+    if is_transient(error):
+        return True
+    return batch.job_id in stalled and isinstance(error, ResponseError) and "GAP" in str(error)
 
 
 class JobStream:
@@ -363,7 +397,8 @@ class JobStream:
     ) -> None:
         """Queue one event (and status-hash fields to set with it); returns at once.
 
-        Raises what an earlier write of this stream raised (``Fenced``, a Redis error).
+        Raises what an earlier write of this stream raised (``Fenced``, ``StoreUnavailable``,
+        a permanent Redis error).
         """
         if self.failed is not None:
             raise self.failed

@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -18,10 +15,12 @@ import orjson
 import structlog
 from redis.exceptions import RedisError
 
-from tokenrelay.errors import Fenced, UpstreamError, UpstreamTimeout
-from tokenrelay.events import ErrorType, FinishReason, status_for
+from tokenrelay.errors import Fenced, StoreUnavailable, UpstreamError, UpstreamTimeout
+from tokenrelay.events import ErrorType, FinishReason, now_rfc3339, status_for
 from tokenrelay.leases import Leases
 from tokenrelay.metrics import record_job
+from tokenrelay.queue import JobQueue, Taken
+from tokenrelay.resilience import retrying
 from tokenrelay.settings import Settings, UpstreamConfig
 from tokenrelay.streams import EventLog, EventWriter, JobStream
 from tokenrelay.upstreams import make_upstream
@@ -39,11 +38,6 @@ from worker.stops import StopFilter
 log = structlog.get_logger("tokenrelay.worker")
 
 FINISH_REASONS: frozenset[str] = frozenset({"stop", "length", "tool_calls"})
-END_WRITE_TIMEOUT_S = 10.0
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def request_from_job(raw: Mapping[str, Any]) -> GenerationRequest:
@@ -82,16 +76,32 @@ class _Outcome:
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
+@dataclass
+class _Run:
+    """One job's run, as far as it got: what its end depends on."""
+
+    taken: Taken
+    stream: JobStream | None = None
+    upstream: str = ""
+    ended: bool = False  # its end is stored (or it had nothing to run): release it
+
+
 class JobRunner:
     """Runs generate jobs in a worker process; holds what they share."""
 
     def __init__(
-        self, settings: Settings, events: EventLog, writer: EventWriter, leases: Leases
+        self,
+        settings: Settings,
+        events: EventLog,
+        writer: EventWriter,
+        jobs: JobQueue,
+        worker_id: str,
     ) -> None:
         self.settings = settings
         self.events = events
         self.writer = writer
-        self.leases = leases
+        self.jobs = jobs
+        self.leases = Leases(jobs, self.active)
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
             follow_redirects=False,
@@ -99,7 +109,7 @@ class JobRunner:
         self.upstreams: dict[str, Upstream] = {
             name: make_upstream(self.client, config) for name, config in settings.upstreams.items()
         }
-        self.worker_id = f"{os.uname().nodename}:{os.getpid()}"
+        self.worker_id = worker_id
         self._active: set[str] = set()
         self._cancel_requested: set[str] = set()
         self._pumps: dict[str, asyncio.Task[None]] = {}
@@ -121,38 +131,73 @@ class JobRunner:
             pump.cancel()
         return True
 
-    async def run(self, job_id: str, job_try: int = 1) -> None:
-        """Run one attempt of the job. Publishes ``start`` ... ``end`` unless the job is not
-        runnable (gone, cancelled while queued, finished), in which case it does nothing."""
+    async def run(self, taken: Taken) -> None:
+        """Run a job taken off the queue to its one ``end``, then release it (its lease and
+        queue records), only once the end is stored. When the end cannot be stored (Redis
+        failing past the retry budget), the lease is left to lapse and a reaper ends the job.
+        Raises nothing but ``CancelledError`` (the worker stopping past its grace: the stream
+        still ends with ``worker_lost`` if Redis takes it within two seconds)."""
+        job_id = taken.job_id
         structlog.contextvars.bind_contextvars(job_id=job_id)
+        # Registered before the claim, so a cancel that follows it always finds the job, and
+        # its lease is renewed from the next round on.
+        self._active.add(job_id)
+        state = _Run(taken)
         try:
-            await self._run(job_id, job_try)
+            await self._run(state)
+        except asyncio.CancelledError:
+            if state.stream is not None and not state.ended:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2):
+                        lost = _lost_outcome("the worker stopped mid-job")
+                        await self._end(state.stream, lost, state.upstream)
+                        state.ended = True
+            raise
         finally:
+            self._active.discard(job_id)
+            self._cancel_requested.discard(job_id)
+            self._pumps.pop(job_id, None)
+            self.writer.forget(job_id)
+            if state.ended:
+                await self._release(job_id)
             structlog.contextvars.unbind_contextvars("job_id", "upstream", "model", "attempt")
 
-    async def _run(self, job_id: str, job_try: int) -> None:
-        owner = f"{self.worker_id}:{secrets.token_hex(6)}"
-        # Register before claiming, so a cancel that follows the claim always finds the job
-        # (the worker leased the job already, when it took it from the queue).
-        self._active.add(job_id)
-        stream: JobStream | None = None
-        upstream = ""
+    async def _release(self, job_id: str) -> None:
         try:
-            claimed = await self.events.claim(
-                job_id,
-                owner,
-                now_rfc3339(),
-                takeover=job_try > 1,
-                safety_ttl_s=self.settings.unfinished_ttl_s,
+            await retrying(
+                lambda: self.jobs.finish(job_id),
+                budget_s=self.settings.write_retry_s,
+                what="finish",
             )
+        except (RedisError, OSError) as exc:
+            # The end is stored; the lease lapses and a reaper tidies the records away.
+            log.warning("job_release_failed", error=type(exc).__name__)
+
+    async def _run(self, state: _Run) -> None:
+        job_id, owner = state.taken.job_id, state.taken.owner
+        try:
+            claimed = state.taken.claim
+            if claimed is None:  # the streams live on another Redis: claim there
+                claimed = await retrying(
+                    lambda: self.events.claim(
+                        job_id, owner, now_rfc3339(), safety_ttl_s=self.settings.unfinished_ttl_s
+                    ),
+                    budget_s=self.settings.write_retry_s,
+                    what="claim",
+                )
             if isinstance(claimed, str):
                 log.info("job_skipped", status=claimed)
+                # Ended or gone: tidy its queue records. Void: a reaper handed it back already.
+                state.ended = claimed not in ("void", "running")
                 return
-            upstream = claimed.upstream
+            state.upstream = claimed.upstream
             structlog.contextvars.bind_contextvars(
-                upstream=upstream, model=claimed.model, attempt=claimed.attempt
+                upstream=claimed.upstream, model=claimed.model, attempt=claimed.attempt
             )
-            stream = self.writer.stream(job_id, owner, claimed.nevents)
+            stream = self.writer.stream(
+                job_id, owner, claimed.nevents, on_cancel=lambda: self._cancel_seen(job_id)
+            )
+            state.stream = stream
             start: dict[str, Any] = {
                 "job_id": job_id,
                 "upstream": claimed.upstream,
@@ -160,30 +205,48 @@ class JobRunner:
                 "attempt": claimed.attempt,
             }
             stream.publish("start", start)
-            if claimed.attempt > 1:
-                # The attempt before died mid-stream; its readers saw part of an answer.
-                await self._end(stream, _lost_outcome(), claimed.upstream)
-                return
             if claimed.cancel_requested:
                 self._cancel_requested.add(job_id)
             outcome = await self._attempt(
                 job_id, stream, claimed.upstream, claimed.request, dict(start)
             )
             await self._end(stream, outcome, claimed.upstream)
+            state.ended = True
         except Fenced:
-            log.info("job_fenced")
-        except asyncio.CancelledError:
-            # The worker is stopping under this job: still end the stream, once, if we can.
-            if stream is not None and stream.failed is None:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(2):
-                        outcome = _lost_outcome("the worker stopped mid-job")
-                        await self._end(stream, outcome, upstream)
-            raise
-        finally:
-            self._active.discard(job_id)
-            self._cancel_requested.discard(job_id)
-            self._pumps.pop(job_id, None)
+            # A reaper ended the job (this worker stalled past its lease) and released it.
+            log.warning("job_fenced")
+        except (StoreUnavailable, RedisError, OSError) as exc:
+            log.error("job_store_failed", error=type(exc).__name__, cause=repr(exc.__cause__))
+            message = "the event store kept failing; the job was stopped"
+            state.ended = await self._fail(state, _error("store_unavailable", message, True))
+        except Exception as exc:
+            # A bug of ours must not leave a stream without its end.
+            log.error("job_internal_error", error=type(exc).__name__, exc_info=exc)
+            message = "internal error in the worker"
+            state.ended = await self._fail(state, _error("internal", message, False))
+
+    def _cancel_seen(self, job_id: str) -> None:
+        if self.cancel(job_id):
+            log.info("cancel_seen_in_write_reply")
+
+    async def _fail(self, state: _Run, error: dict[str, Any]) -> bool:
+        """End the job with ``error``, whatever its writer managed to store before; True when
+        it is ended (by this or by a reaper), False when that too failed or it was never
+        claimed: its lease then lapses and a reaper settles it."""
+        job_id, owner = state.taken.job_id, state.taken.owner
+        try:
+            done = await retrying(
+                lambda: self.events.fail(job_id, error, owner=owner),
+                budget_s=self.settings.write_retry_s,
+                what="fail",
+            )
+        except Exception as exc:  # Redis still failing (or a bug): the reaper ends it instead
+            log.error("job_end_failed", error=type(exc).__name__)
+            return False
+        if done == 1:
+            log.info("job_finished", finish_reason="error", error_type=error["type"])
+            await self._record(state.upstream, "failed", _Outcome(), str(error["type"]))
+        return done != 2
 
     async def _attempt(
         self,
@@ -245,8 +308,8 @@ class JobRunner:
                 outcome.error = _error(
                     exc.error_type, exc.message, exc.retryable, getattr(exc, "status", None)
                 )
-            except Fenced:
-                raise
+            except (Fenced, StoreUnavailable, RedisError):
+                raise  # the store failed, not the upstream: the job ends from the top
             except TimeoutError:
                 outcome.finish_reason = "error"
                 outcome.error = _error(
@@ -405,7 +468,8 @@ class JobRunner:
             )
         if outcome.usage_data is not None:
             fields["usage"] = orjson.dumps(outcome.usage_data).decode()
-        async with asyncio.timeout(END_WRITE_TIMEOUT_S + 30):
+        # Bounded by the writer's retry budget; the margin only guards against a bug there.
+        async with asyncio.timeout(self.settings.write_retry_s + 30):
             await stream.finish(
                 {"finish_reason": outcome.finish_reason}, fields, self.settings.stream_ttl_s
             )
@@ -419,16 +483,21 @@ class JobRunner:
             error_type=error_type,
             duration_ms=round(duration * 1000, 1),
         )
-        with contextlib.suppress(RedisError):  # metrics must never fail a job
-            async with self.events.queue.pipeline(transaction=False) as pipe:
+        await self._record(upstream, fields["status"], outcome, error_type)
+
+    async def _record(
+        self, upstream: str, status: str, outcome: _Outcome, error_type: str | None
+    ) -> None:
+        """Add the finished job to the shared metrics; never fails the job."""
+        with contextlib.suppress(RedisError, OSError):
+            async with self.jobs.redis.pipeline(transaction=False) as pipe:
+                first = outcome.first_token
                 record_job(
                     pipe,
-                    status=fields["status"],
+                    status=status,
                     upstream=upstream,
-                    ttft_s=None
-                    if outcome.first_token is None
-                    else outcome.first_token - outcome.started,
-                    duration_s=duration,
+                    ttft_s=None if first is None else first - outcome.started,
+                    duration_s=time.monotonic() - outcome.started,
                     deltas=outcome.deltas,
                     error_type=error_type,
                 )

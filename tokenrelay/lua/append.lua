@@ -3,7 +3,8 @@
 -- ARGV: owner, seq, maxlen, final_ttl (0 = not final), safety_ttl, nfields,
 --       nfields x (field, value), then events as (type, data, text) triples.
 -- seq is the number of events the job had before this batch: a batch retried after a lost
--- reply skips what was already applied, so appends are exactly-once. Replies the last id.
+-- reply skips what was already applied, so appends are exactly-once. Replies {the last id,
+-- whether a cancel was asked for} (a worker that missed the cancel message learns it here).
 local owner = redis.call('HGET', KEYS[2], 'owner')
 local have = tonumber(redis.call('HGET', KEYS[2], 'nevents') or '0')
 local seq = tonumber(ARGV[2])
@@ -12,7 +13,7 @@ local ev0 = 7 + 2 * nf
 local nev = (#ARGV - ev0 + 1) / 3
 if owner ~= ARGV[1] then
   if owner == ARGV[1] .. ':done' and have >= seq + nev then
-    return redis.call('HGET', KEYS[2], 'last_event_id')
+    return {redis.call('HGET', KEYS[2], 'last_event_id'), ''}
   end
   return redis.error_reply('FENCED the job is not owned by this attempt')
 end
@@ -49,4 +50,5 @@ else
   if have == 0 and added > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
   if created_text then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
 end
-return id or redis.call('HGET', KEYS[2], 'last_event_id')
+return {id or redis.call('HGET', KEYS[2], 'last_event_id'),
+  redis.call('HGET', KEYS[2], 'cancel_requested') or ''}
