@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tokenrelay
 from api import errors
-from api.errors import error_response
+from api.errors import error_response, headers_too_large
 from api.jobs import router
 from api.listing import router as listing_router
 from api.ollama_compat import router as ollama_router
@@ -77,6 +77,28 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+class HeaderLimit:
+    """Refuse requests whose headers total more than ``limit`` bytes (names, values, and the
+    four bytes of ``": "`` and CRLF each) with the contract's JSON 400.
+
+    The API's HTTP protocol (``api.server``) already cuts a head far over the limit before it is
+    read whole; this makes the limit exact, and holds under any ASGI server.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > self.limit:
+                log.warning("request_headers_too_large", limit=self.limit, size=size)
+                await headers_too_large(self.limit)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -117,4 +139,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(HeaderLimit, limit=settings.max_header_bytes)  # the outer one: first
     return app

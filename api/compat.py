@@ -16,6 +16,7 @@ from api.errors import ApiError
 from api.schemas import ErrorBody, JobRequest
 from api.state import Relay
 from api.submission import Submitted, submit
+from tokenrelay.errors import clipped, quoted
 from tokenrelay.events import ZERO_ID, EventId
 from tokenrelay.settings import Settings
 from tokenrelay.streams import StoredEvent
@@ -57,7 +58,7 @@ def split_model(settings: Settings, requested: str) -> tuple[str | None, str | N
     if prefix not in settings.upstreams:
         raise ApiError(
             422,
-            f"unknown upstream {prefix!r} in model {requested!r}; configured: "
+            f"unknown upstream {quoted(prefix)} in model {quoted(requested)}; configured: "
             f"{sorted(settings.upstreams)} (write 'UPSTREAM/MODEL'; a model whose own name "
             "has a '/' needs its upstream named first)",
             param="model",
@@ -82,7 +83,7 @@ def job_request(fields: Mapping[str, Any], params: Mapping[str, str]) -> JobRequ
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(part) for part in first["loc"])
-        param = params.get(loc, loc) or None
+        param = clipped(params.get(loc, loc)) or None
         message = str(first["msg"]).removeprefix("Value error, ")
         raise ApiError(422, f"{param}: {message}" if param else message, param=param) from None
 

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.encoding import JSONBody
-from tokenrelay.errors import EventIdExpired, InvalidEventId, JobNotFound
+from tokenrelay.errors import EventIdExpired, InvalidEventId, JobNotFound, clipped
 
 log = structlog.get_logger("tokenrelay.api")
 
@@ -69,6 +69,16 @@ def error_response(
     return JSONBody(body, status_code=status, headers=headers)
 
 
+def headers_too_large(limit: int) -> JSONBody:
+    """The 400 for request headers over ``limit`` bytes (``TOKENRELAY_MAX_HEADER_BYTES``), the
+    same from the HTTP protocol (``api.server``) and from the ASGI layer (``api.app``)."""
+    return error_response(
+        400,
+        f"the request headers are larger than {limit} bytes (TOKENRELAY_MAX_HEADER_BYTES)",
+        headers={"Connection": "close"},
+    )
+
+
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
 
 
@@ -81,7 +91,7 @@ def _param(loc: tuple[Any, ...]) -> str | None:
         if p not in ("body", "query", "path", "header")
         and not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p))
     ]
-    return ".".join(parts) or None
+    return clipped(".".join(parts)) or None
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONBody:

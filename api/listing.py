@@ -15,6 +15,7 @@ from api.encoding import JSONBody
 from api.errors import ApiError
 from api.schemas import ErrorBody
 from tokenrelay.connections import Streams
+from tokenrelay.errors import quoted
 from tokenrelay.events import job_key, recent_jobs_key
 
 router = APIRouter(prefix="/v1")
@@ -104,7 +105,7 @@ def _parse_cursor(raw: str) -> Position:
     if match is None:
         raise ApiError(
             422,
-            f"before: {raw!r} is neither a time in ms nor a `next_before` cursor",
+            f"before: {quoted(raw)} is neither a time in ms nor a `next_before` cursor",
             param="before",
         )
     job_id = match[2]

@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 
 from api.errors import ApiError
 from api.state import Relay
-from tokenrelay.errors import EventIdExpired, InvalidEventId, JobNotFound
+from tokenrelay.errors import EventIdExpired, InvalidEventId, JobNotFound, quoted
 from tokenrelay.events import TERMINAL_STATUSES, ZERO_ID, EventId
 from tokenrelay.fanout import Batch
 
@@ -60,7 +60,7 @@ async def resume_point(
     try:
         start = EventId.parse(raw)
     except ValueError:
-        raise ApiError(400, f"malformed event id {raw!r}", param=param) from None
+        raise ApiError(400, f"malformed event id {quoted(raw)}", param=param) from None
     try:
         await r.events.check_resume_point(job_id, start)
     except InvalidEventId as exc:

@@ -15,6 +15,7 @@ from api.admission import admit, prompt_chars
 from api.errors import ApiError
 from api.schemas import JobRequest
 from api.state import Relay
+from tokenrelay.errors import quoted
 
 log = structlog.get_logger("tokenrelay.api")
 
@@ -60,18 +61,18 @@ async def submit(
     if config is None:
         raise ApiError(
             422,
-            f"unknown upstream {upstream_name!r}; configured: {sorted(r.settings.upstreams)}",
+            f"unknown upstream {quoted(upstream_name)}; configured: {sorted(r.settings.upstreams)}",
             param="upstream",
         )
     if config.kind == "sse" and body.messages is not None:
         raise ApiError(
-            422, f"upstream {upstream_name!r} takes a prompt, not messages", param="messages"
+            422, f"upstream {quoted(upstream_name)} takes a prompt, not messages", param="messages"
         )
     if config.kind == "sse" and body.tools:
-        raise ApiError(422, f"upstream {upstream_name!r} does not take tools", param="tools")
+        raise ApiError(422, f"upstream {quoted(upstream_name)} does not take tools", param="tools")
     model = body.model or config.default_model
     if model is None and config.kind != "sse":
-        raise ApiError(422, f"upstream {upstream_name!r} needs a model", param="model")
+        raise ApiError(422, f"upstream {quoted(upstream_name)} needs a model", param="model")
     await admit(r, tenant, prompt_chars(body.prompt, body.messages))
 
     request_json = body.model_dump(mode="json", exclude_none=True, exclude={"metadata", "upstream"})

@@ -39,10 +39,13 @@ def _run_api(args: argparse.Namespace) -> None:
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
     create_app = importlib.import_module("api.app").create_app
+    http_protocol = importlib.import_module("api.server").http_protocol
     uvicorn.run(
         create_app(settings),
         host=args.host,
         port=args.port,
+        # httptools with a cap on the request head (httptools itself has none).
+        http=http_protocol(settings.max_header_bytes),
         log_config=None,  # structlog owns logging
         access_log=False,
         timeout_graceful_shutdown=5,

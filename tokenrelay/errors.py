@@ -18,7 +18,30 @@
 
 from __future__ import annotations
 
-from tokenrelay.events import ErrorType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # events.py quotes with this module's helper: no import cycle at run time
+    from tokenrelay.events import ErrorType
+
+
+QUOTE_CHARS = 64
+
+
+def clipped(text: str, limit: int = QUOTE_CHARS) -> str:
+    """``text`` cut to its first ``limit`` characters, marked ``...`` when cut: for a value a
+    client sent that is named, unquoted, in an error (a field path in ``param``)."""
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
+    """How an error message quotes a value a client sent (an id, a name, a header): its
+    ``repr``, of its first ``limit`` characters only and marked as cut when longer, so that a
+    4 MB header never makes a 4 MB answer. Every message quoting client input goes through it.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... (cut, {len(text)} characters)"
 
 
 class RelayError(Exception):
@@ -67,7 +90,7 @@ class UpstreamReportedError(UpstreamError):
 
 class JobNotFound(RelayError):
     def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job {job_id!r}")
+        super().__init__(f"no job {quoted(job_id)}")
         self.job_id = job_id
 
 

@@ -11,6 +11,8 @@ from typing import Any, Literal, TypeAlias
 
 import orjson
 
+from tokenrelay.errors import quoted
+
 EventType: TypeAlias = Literal["start", "delta", "tool_call", "usage", "error", "end"]
 EVENT_TYPES: frozenset[str] = frozenset({"start", "delta", "tool_call", "usage", "error", "end"})
 
@@ -102,10 +104,10 @@ class EventId(tuple[int, int]):
         """Parse ``"<ms>-<seq>"``; raise ``ValueError`` for anything else."""
         match = _EVENT_ID.fullmatch(raw)
         if match is None:
-            raise ValueError(f"malformed event id {raw!r}")
+            raise ValueError(f"malformed event id {quoted(raw)}")
         ms, seq = int(match[1]), int(match[2])
         if ms > _MAX_U64 or seq > _MAX_U64:
-            raise ValueError(f"malformed event id {raw!r}")
+            raise ValueError(f"malformed event id {quoted(raw)}")
         return cls((ms, seq))
 
     def __str__(self) -> str:

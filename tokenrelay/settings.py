@@ -86,6 +86,9 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="fallback queue poll when no wake-up"
     )
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_header_bytes: int = Field(
+        default=16_384, ge=1024, description="request header bytes (names, values); then 400"
+    )
     max_prompt_chars: int = Field(default=500_000, gt=0)
     max_events_per_job: int = Field(default=50_000, ge=10, description="then it ends: length")
     rate_limit_per_min: int = Field(default=0, ge=0, description="jobs per key a minute; 0 = off")
