@@ -1,0 +1,1 @@
+"""Test support: fault-injecting servers and proxies that real processes talk to."""
