@@ -313,3 +313,14 @@ class RedisClusterServers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fault matrix (tests/integration/test_fault_matrix.py), when it ran."""
+    from tests.support.report import matrix_summary
+
+    lines = matrix_summary()
+    if lines:
+        terminalreporter.section("fault matrix")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -107,8 +107,10 @@ class Leases:
                 await self._task
 
     async def _renew_forever(self) -> None:
+        # At least three renewals a TTL, so one slow round trip never lets a lease lapse.
+        interval = min(RENEW_INTERVAL_S, self.ttl_ms / 3000)
         while True:
-            await asyncio.sleep(RENEW_INTERVAL_S)
+            await asyncio.sleep(interval)
             jobs = self._active()
             if not jobs:
                 continue
@@ -133,6 +135,7 @@ class Reaper:
         # meanwhile. A write, not a PING: at maxmemory or on a replica Redis answers PING
         # but refuses the renewals.
         self.grace_s = lease_ttl_s + RENEW_INTERVAL_S
+        self.interval_s = min(REAP_INTERVAL_S, lease_ttl_s / 2)
         self._healthy_since: float | None = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._rounds = 0
@@ -151,7 +154,7 @@ class Reaper:
     async def _reap_forever(self) -> None:
         while True:
             # Jitter, so reapers in many processes do not all wake at once.
-            await asyncio.sleep(REAP_INTERVAL_S * random.uniform(0.5, 1.0))
+            await asyncio.sleep(self.interval_s * random.uniform(0.5, 1.0))
             try:
                 await self._probe(self.jobs.redis)
                 if self.events.redis is not self.jobs.redis:

@@ -58,6 +58,7 @@ from tokenrelay.events import (
     parse_claim,
     recent_jobs_key,
 )
+from tokenrelay.resilience import retrying
 from tokenrelay.settings import Settings
 
 log = structlog.get_logger("tokenrelay.queue")
@@ -270,12 +271,14 @@ class QueueWorker(Worker):
         self.jobs: JobQueue | None = None
         self.worker_id = worker_id()
         self.safety_ttl_s = 0
+        self.take_retry_s = 0.0
         self._work = asyncio.Event()
         self._hints: list[str] = []
 
-    def attach(self, jobs: JobQueue, safety_ttl_s: int) -> None:
+    def attach(self, jobs: JobQueue, *, safety_ttl_s: int, take_retry_s: float) -> None:
         self.jobs = jobs
         self.safety_ttl_s = safety_ttl_s
+        self.take_retry_s = take_retry_s
 
     def wake(self, job_id: str | None = None) -> None:
         """A job was queued (``job_id``, when the wake-up named it) or a slot freed up."""
@@ -335,7 +338,14 @@ class QueueWorker(Worker):
         if not candidates:
             return
         owners = [new_owner(self.worker_id) for _ in candidates]
-        for taken in await self.jobs.take(candidates, owners, now_rfc3339(), self.safety_ttl_s):
+        jobs = self.jobs
+        # Tried again with the same owners: a take whose reply was lost is then the same take.
+        took = await retrying(
+            lambda: jobs.take(candidates, owners, now_rfc3339(), self.safety_ttl_s),
+            budget_s=self.take_retry_s,
+            what="take",
+        )
+        for taken in took:
             await self.sem.acquire()  # never waits: job_counter < max_jobs
             self.job_counter += 1
             task = asyncio.create_task(self._job(taken), name=f"job-{taken.job_id}")

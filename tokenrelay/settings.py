@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     )
     max_jobs_per_worker: int = Field(default=256, gt=0)
     lease_ttl_s: float = Field(
-        default=5.0, ge=1.0, description="a job whose worker is silent this long is ended"
+        default=5.0, ge=0.5, description="a job whose worker is silent this long is ended"
     )
     shutdown_grace_s: float = Field(
         default=20.0, ge=0, description="on SIGTERM, how long running jobs may finish"

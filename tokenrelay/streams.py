@@ -20,7 +20,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from tokenrelay.connections import Streams, eval_many, is_cluster, script
-from tokenrelay.errors import EventIdExpired, Fenced, InvalidEventId, JobNotFound, StoreUnavailable
+from tokenrelay.errors import (
+    EventIdExpired,
+    Fenced,
+    InvalidEventId,
+    JobNotFound,
+    StoreUnavailable,
+    quoted,
+)
 from tokenrelay.events import (
     ZERO_ID,
     Claim,
@@ -151,6 +158,7 @@ class EventLog:
                 orjson.dumps({"finish_reason": "error"}),
                 self.maxlen,
                 void,
+                job_id,
             ],
         )
         return int(done)
@@ -178,24 +186,31 @@ class EventLog:
     async def check_resume_point(self, job_id: str, after: EventId) -> None:
         """Raise unless ``after`` is a resume point the job can serve exactly.
 
-        ``InvalidEventId`` if no event with that id or later was ever issued for the job;
-        ``EventIdExpired`` if events after it have been trimmed away.
+        ``InvalidEventId`` if ``after`` is later than the last event id the job issued (or it
+        issued none); ``EventIdExpired`` if events after it were trimmed away (MAXLEN).
+
+        The status hash counts every event ever appended (``nevents``, kept with
+        ``last_event_id`` by the same Lua call that appends): fewer entries in the stream mean
+        its oldest were trimmed, and an ``after`` before the first entry kept then lost some.
+        Only trimming removes events (tokenrelay never XDELs one), and nothing here needs more
+        than Redis 6.2 (``XINFO STREAM``'s ``entries-added`` and ``max-deleted-entry-id`` are
+        7.0's).
         """
         if after == ZERO_ID:
             return
-        try:
-            info = await self.redis.xinfo_stream(events_key(job_id))
-        except ResponseError:  # no such key: the job has no events yet
-            raise InvalidEventId(f"event id {str(after)!r} was never issued for this job") from None
-        if after > EventId.parse(info["last-generated-id"].decode()):
-            raise InvalidEventId(f"event id {str(after)!r} was never issued for this job")
-        # Trimmed (MAXLEN) entries are the oldest; deleted ones (XDEL) raise max-deleted-entry-id.
-        trimmed = info["entries-added"] > info["length"]
-        first = info["first-entry"]
-        if (trimmed and first is not None and after < EventId.parse(first[0].decode())) or (
-            after < EventId.parse(info["max-deleted-entry-id"].decode())
-        ):
-            raise EventIdExpired(f"events after {str(after)!r} are no longer kept")
+        # The stream first, then the hash (one node either way: the keys share a hash tag). An
+        # append landing in between can only make the count of trimmed events look larger,
+        # never hide a trim.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(events_key(job_id))
+            pipe.xrange(events_key(job_id), count=1)
+            pipe.hmget(job_key(job_id), ["nevents", "last_event_id"])
+            kept, first, (appended, last) = await pipe.execute()
+        if last is None or after > EventId.parse(last.decode()):
+            raise InvalidEventId(f"event id {quoted(after)} was never issued for this job")
+        trimmed = int(appended or 0) > int(kept)
+        if trimmed and first and after < EventId.parse(first[0][0].decode()):
+            raise EventIdExpired(f"events after {quoted(after)} are no longer kept")
 
     async def require_job(self, job_id: str) -> dict[str, str]:
         raw = await cast("Awaitable[dict[bytes, bytes]]", self.redis.hgetall(job_key(job_id)))

@@ -110,7 +110,9 @@ def create_worker(settings: Settings) -> QueueWorker:
         )
         writer.start()
         jobs = JobQueue.for_settings(queue, redis, settings)
-        worker.attach(jobs, settings.unfinished_ttl_s)
+        worker.attach(
+            jobs, safety_ttl_s=settings.unfinished_ttl_s, take_retry_s=settings.write_retry_s
+        )
         runner = services.runner = JobRunner(settings, events, writer, jobs, worker.worker_id)
         runner.leases.start()
         services.reaper = Reaper(events, jobs, lease_ttl_s=settings.lease_ttl_s)
