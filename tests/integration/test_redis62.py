@@ -86,8 +86,9 @@ def redis62(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis62Server]
     server = Redis62Server(tmp_path_factory.mktemp("redis62"))
     server.start()
     try:
-        version = redis.Redis.from_url(server.url).info("server")["redis_version"]
-        assert str(version).startswith("6.2."), version
+        with redis.Redis.from_url(server.url) as client:
+            info = client.info("server")
+        assert isinstance(info, dict) and str(info["redis_version"]).startswith("6.2."), info
         yield server
     finally:
         server.stop()
