@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser run test test-fast lint unit integration bench clean
+.PHONY: install browser run test test-fast lint unit integration bench clean soak
 
 install: $(STAMP)
 
@@ -42,6 +42,16 @@ test-fast: lint
 .PHONY: bench-peers
 bench-peers: install
 	$(BIN)/python ops/bench/peers.py
+
+# The chaos test (random resumes, a worker SIGKILL, a Redis restart) 20 times in a row: run
+# before calling a reliability change done. Stops at the first failure, naming the run.
+SOAK_RUNS ?= 20
+soak: install
+	@log=$$(mktemp); for i in $$(seq 1 $(SOAK_RUNS)); do \
+	  $(BIN)/python -m pytest tests/integration/test_chaos.py -q -s -p no:cacheprovider \
+	    >"$$log" 2>&1 || { cat "$$log"; echo "chaos run $$i of $(SOAK_RUNS) failed"; exit 1; }; \
+	  echo "run $$i: $$(grep -E '^chaos' "$$log")"; \
+	done; rm -f "$$log"; echo "chaos: $(SOAK_RUNS) runs in a row, all passed"
 
 unit: install
 	$(BIN)/python -m pytest tests/unit

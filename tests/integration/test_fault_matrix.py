@@ -48,7 +48,7 @@ DELAY_S = 0.02
 SLACK_S = 2.0
 BOUND_S = {
     "sigkill": LEASE_TTL_S + 1.0 + SLACK_S,  # lease TTL + a reap interval
-    "outage": OUTAGE_S + 2 * LEASE_TTL_S + 2.0 + SLACK_S,  # back, reapers' grace, a reap
+    "outage": OUTAGE_S + LEASE_TTL_S + 2.0 + SLACK_S,  # back, then the reapers' grace, a reap
     "default": 2 * REDIS_TIMEOUT_S + SLACK_S,
 }
 
@@ -179,6 +179,12 @@ async def rig(tmp_path: Path, upstream: UpstreamServer, split: bool) -> AsyncIte
     try:
         for name, server in servers.items():
             await asyncio.to_thread(server.start)
+            # Loaded beforehand, so a command the proxy stops is one Redis runs, not a
+            # NOSCRIPT (the workers load them again after the restart cells).
+            control = aioredis.Redis(port=server.port)
+            for lua in (TAKE_LUA, CLAIM_LUA, APPEND_LUA):
+                await control.script_load(lua)
+            await control.aclose()
             proxies[name] = FaultProxy(server.port)
             await proxies[name].start()
         if not split:

@@ -225,6 +225,10 @@ def _int(buf: bytearray, start: int, end: int) -> int:
 class _Hold:
     decision: asyncio.Future[bool]
     applied: asyncio.Event = field(default_factory=asyncio.Event)
+    # hold_reply: set once Redis answered every command forwarded on the connection so far
+    # (the matched one included), i.e. once Redis has certainly applied it.
+    replied: asyncio.Event = field(default_factory=asyncio.Event)
+    wanted: int = 0
 
 
 class Trigger:
@@ -249,6 +253,13 @@ class Trigger:
         except TimeoutError:
             raise AssertionError(f"{self!r} did not fire within {within}s") from None
         assert self.command is not None
+        if self.action == "hold_reply":
+            try:
+                async with asyncio.timeout(within):
+                    for hold in self._holds:
+                        await hold.replied.wait()
+            except TimeoutError:
+                raise AssertionError(f"{self!r}: Redis did not answer within {within}s") from None
         return self.command
 
     async def release(self, forward: bool = True) -> int:
@@ -423,6 +434,8 @@ class _Link:
         self.resp3 = False
         self.reply_hold: _Hold | None = None
         self.held_replies = bytearray()
+        self.forwarded = 0  # commands sent on to Redis
+        self.answered = 0  # replies Redis sent back (pub/sub messages aside)
         self.tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> None:
@@ -468,6 +481,7 @@ class _Link:
             for end, args in parser.feed(data):
                 trigger = self._command(args) if args else None
                 if trigger is None:
+                    self.forwarded += bool(args)
                     start = end
                     continue
                 upstream.write(buf[sent:start])
@@ -492,11 +506,13 @@ class _Link:
                             self.reset()
                             return
                         upstream.write(buf[sent:end])
+                        self.forwarded += 1
                     finally:
                         hold.applied.set()
                 else:  # hold_reply
                     proxy.stats["held_replies"] += 1
                     upstream.write(buf[sent:end])
+                    self.forwarded += 1
                     self._hold_replies(trigger._hold())
                 sent = start = end
             if self.blackholed:
@@ -544,11 +560,16 @@ class _Link:
                     out += buf[sent:start]
                     sent = end
                     proxy.stats["dropped_pushes"] += 1
+                elif kind != "push" and not self.subscribed:
+                    self.answered += 1
                 start = end
             out += buf[sent:start]
             parser.take(start)
             if self.reply_hold is not None:
                 self.held_replies += out
+                # Everything forwarded by now (the rest of a pipeline, an EXEC) is answered.
+                if self.answered >= self.forwarded:
+                    self.reply_hold.replied.set()
             elif out:
                 self.client_w.write(out)
                 await self.client_w.drain()
