@@ -40,7 +40,7 @@ log = structlog.get_logger("tokenrelay.leases")
 RENEW_INTERVAL_S = 1.0
 REAP_INTERVAL_S = 1.0
 REAP_BATCH = 100
-SWEEP_EVERY = 10
+SWEEP_EVERY = 5
 """Reap rounds between two pages of the sweep for in-progress jobs without a lease."""
 PROBE_KEY = f"{KEY_PREFIX}:reaper-probe"
 SLOT_LUA = (resources.files("tokenrelay") / "lua" / "slot.lua").read_text()

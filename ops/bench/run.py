@@ -428,8 +428,10 @@ async def concurrency(s: Stack, jobs: int, rate: float, seconds: float) -> Row:
     )
 
 
-async def suite(s: Stack, quick: bool) -> list[Row]:
+async def suite(s: Stack, quick: bool, only_ttft: bool = False) -> list[Row]:
     rows = [await ttft(s, 20 if quick else 200)]
+    if only_ttft:
+        return rows
     if quick:
         rows.append(await delta_latency(s, jobs=10, tokens=20, rate=50))
         rows.append(await publish_rate(s, jobs=50, tokens=50))
@@ -488,7 +490,8 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> list[list[Row]]:
         run_dir = workdir / f"run{i}"
         run_dir.mkdir(parents=True, exist_ok=True)
         with stack(run_dir) as s:
-            results.append(await asyncio.wait_for(suite(s, args.quick), args.timeout))
+            figures = suite(s, args.quick, args.only_ttft)
+            results.append(await asyncio.wait_for(figures, args.timeout))
     return results
 
 
@@ -498,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="scaled down: seconds, not minutes")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--only-ttft", action="store_true", help="only submit -> first delta (to compare versions)"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tokenrelay-bench"))
     args = parser.parse_args(argv)

@@ -247,3 +247,33 @@ async def test_the_job_deadline_ends_the_stream(tmp_path: Path, upstream: Upstre
                 assert 900 <= started <= 3000, job["usage"]
     finally:
         redis.stop()
+
+
+async def test_a_job_in_progress_without_a_lease_is_found_and_run(
+    tmp_path: Path, upstream: UpstreamServer
+) -> None:
+    """The state an older version left when its worker died between marking a job in
+    progress (arq's hour-long mark) and leasing it: a sweep of the queue gives the job a
+    lapsed lease, and the reaper hands it back; it runs once."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    upstream.add("stranded", Scenario(pieces=["found ", "again"]))
+    env = system_env(upstream, TOKENRELAY_LEASE_TTL_S="1")
+    try:
+        with relay_system(tmp_path / "sys", redis.url, env, workers=0) as system:
+            async with httpx.AsyncClient(base_url=system.base_url, timeout=10) as c:
+                job_id = await submit(c, model="stranded")
+                control = aioredis.Redis(port=redis.port)
+                try:
+                    await control.set(f"arq:in-progress:{job_id}", b"1", px=3_600_000)
+                finally:
+                    await control.aclose()
+                await asyncio.to_thread(system.start_worker)
+                events = await collect(c, job_id, within=20)
+                assert_well_formed(events)
+                assert events[-1].data == {"finish_reason": "stop"}
+                assert texts(events) == "found again"
+                assert [e.data["attempt"] for e in events if e.type == "start"] == [1]
+                assert await settled(redis.url, job_id) == NOTHING_LEFT
+    finally:
+        redis.stop()
