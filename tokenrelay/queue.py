@@ -274,6 +274,7 @@ class QueueWorker(Worker):
         self.take_retry_s = 0.0
         self._work = asyncio.Event()
         self._hints: list[str] = []
+        self._unsure: dict[str, str] = {}  # job -> owner of a take whose reply never came
 
     def attach(self, jobs: JobQueue, *, safety_ttl_s: int, take_retry_s: float) -> None:
         self.jobs = jobs
@@ -331,20 +332,25 @@ class QueueWorker(Worker):
         free = self.max_jobs - self.job_counter
         if free <= 0:
             return
-        candidates = list(dict.fromkeys(hints))
+        # Takes whose outcome is unknown (Redis failed past the retry budget) come first, with
+        # the same owners: if Redis did take them, the same take again is the same answer.
+        candidates = list(dict.fromkeys([*self._unsure, *hints]))
         if full:
             candidates += [j for j in await self.jobs.ready(free) if j not in candidates]
         candidates = [j for j in candidates if j not in self.tasks][:free]
         if not candidates:
             return
-        owners = [new_owner(self.worker_id) for _ in candidates]
+        for job_id in candidates:
+            self._unsure.setdefault(job_id, new_owner(self.worker_id))
+        owners = [self._unsure[job_id] for job_id in candidates]
         jobs = self.jobs
-        # Tried again with the same owners: a take whose reply was lost is then the same take.
         took = await retrying(
             lambda: jobs.take(candidates, owners, now_rfc3339(), self.safety_ttl_s),
             budget_s=self.take_retry_s,
             what="take",
         )
+        for job_id in candidates:
+            del self._unsure[job_id]
         for taken in took:
             await self.sem.acquire()  # never waits: job_counter < max_jobs
             self.job_counter += 1
