@@ -19,6 +19,8 @@ from typing import Any, cast
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -33,6 +35,12 @@ BLOCK_MS = 10_000
 READ_COUNT = 1000
 MAX_QUEUED_BATCHES = 256
 """A listener that falls this far behind drops its queue and catches up from Redis instead."""
+WAKE_PATIENCE_S = 0.5
+"""How long a new job's waker tries CLIENT UNBLOCK before it resets the reader's connection."""
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 2.0
+"""A failing reader retries after these pauses (doubling), or when a job is added; a read that
+works resets them."""
 
 
 class Batch:
@@ -121,7 +129,11 @@ class Subscription:
 
 
 class _NodeReader:
-    """One blocking XREAD loop over the followed streams that live on one Redis node."""
+    """One blocking XREAD loop over the followed streams that live on one Redis node.
+
+    A job added while a read is blocked joins the next read: ``add`` interrupts the blocked one
+    with CLIENT UNBLOCK sent over a second connection, and makes sure it worked (see ``_wake``).
+    """
 
     def __init__(self, hub: Hub, node: str, reader: Redis, control: Redis) -> None:
         self.hub = hub
@@ -129,31 +141,98 @@ class _NodeReader:
         self.jobs: set[str] = set()
         self._reader = reader  # kept blocked in XREAD: a connection of its own
         self._control = control  # for CLIENT UNBLOCK on the same node
+        for client in (reader, control):
+            # A reconnect must never be silent: the reader's new connection has a new client
+            # id, which the hub must learn before it can unblock it; and a waker must not
+            # stall in redis-py's backoff (redis-py 6 retries three times by default).
+            client.set_retry(Retry(NoBackoff(), 0))
         self._client_id: int | None = None
-        self._blocked = False
+        self._read: asyncio.Future[Any] | None = None  # the XREAD in flight
+        self._reading: frozenset[str] | None = None  # the jobs it covers
+        self._generation = 0  # reads begun so far
+        self._read_started = asyncio.Event()
+        self._waker: asyncio.Task[None] | None = None
+        self._delay = RETRY_FIRST_S
         self._changed = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"tokenrelay-hub-{node}")
 
     def add(self, job_id: str) -> None:
-        """Follow ``job_id`` too, from the next read on (interrupting a blocked one)."""
+        """Follow ``job_id`` too, from the next read on (interrupting a blocked one). However
+        many jobs are added at once, one waker at a time interrupts the read."""
         self.jobs.add(job_id)
         self._changed.set()
-        if self._blocked and self._client_id is not None:
-            asyncio.get_running_loop().create_task(self._unblock(self._client_id))
+        reading = self._reading
+        if self._waker is None and reading is not None and job_id not in reading:
+            self._waker = asyncio.create_task(self._wake(), name=f"tokenrelay-hub-wake-{self.node}")
 
-    async def _unblock(self, client_id: int) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._control.client_unblock(client_id)
+    def _behind(self) -> bool:
+        """Whether the read in flight leaves out a followed job (none in flight: no, the
+        next read takes every job)."""
+        reading = self._reading
+        if reading is None:
+            return False
+        cursors = self.hub._cursors
+        return any(job not in reading and job in cursors for job in self.jobs)
+
+    async def _wake(self) -> None:
+        """Interrupt the read in flight until a read that covers every followed job has begun.
+
+        CLIENT UNBLOCK answers 0 when the XREAD has not reached Redis yet, or when the client
+        id is stale: then it is sent again after a short pause. A connection error on the
+        control connection (Redis restarted) is retried at once on a new connection. The read
+        generation tells when a new read began. If none did within ``WAKE_PATIENCE_S``, the
+        read is cancelled: the reader reconnects, learns its new client id and reads again.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + WAKE_PATIENCE_S
+        pause = 0.005
+        try:
+            while self._behind():
+                if loop.time() >= give_up:
+                    log.warning("hub_reader_reset", node=self.node, client_id=self._client_id)
+                    if self._read is not None:
+                        self._read.cancel()
+                    return
+                generation = self._generation
+                self._read_started.clear()
+                client_id = self._client_id
+                unblocked = client_id is not None and await self._unblock(client_id, give_up)
+                if self._generation == generation:
+                    # Unblocked: the reader loops into a new read at once; give it a moment.
+                    wait = 0.2 if unblocked else pause
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, min(wait, give_up - loop.time()))):
+                            await self._read_started.wait()
+                    pause = min(pause * 2, 0.1)
+        finally:
+            self._waker = None
+
+    async def _unblock(self, client_id: int, deadline: float) -> bool:
+        """CLIENT UNBLOCK ``client_id``: True if it interrupted a blocked command. The control
+        connection may be stale (Redis restarted): after a connection error, try once more on
+        a new one."""
+        for _ in range(2):
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return bool(await self._control.client_unblock(client_id))
+            except TimeoutError:
+                return False
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                continue
+            except RedisError:
+                return False
+        return False
 
     async def aclose(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        for task in (self._waker, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._reader.aclose()
         await self._control.aclose()
 
     async def _run(self) -> None:
-        delay = 0.05
         while True:
             try:
                 await self._read_forever()
@@ -171,8 +250,12 @@ class _NodeReader:
                 # Never die: every listener of these streams depends on this task.
                 self._client_id = None
                 log.error("hub_reader_failed", error=type(exc).__name__, exc_info=exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            # Back off, but a new listener tries again at once: Redis may be back by then.
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._delay):
+                    await self._changed.wait()
+            self._delay = min(self._delay * 2, RETRY_MAX_S)
 
     async def _read_forever(self) -> None:
         while True:
@@ -187,11 +270,27 @@ class _NodeReader:
             self._changed.clear()
             used = {job: cursors[job] for job in self.jobs}
             streams: dict[Any, Any] = {events_key(job): str(cur) for job, cur in used.items()}
-            self._blocked = True
+            # A task of its own, so a waker can cancel the read without cancelling the loop.
+            self._read = asyncio.ensure_future(
+                self._reader.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+            )
+            self._reading = frozenset(used)
+            self._generation += 1
+            self._read_started.set()
             try:
-                reply = await self._reader.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+                reply = await self._read
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the hub is closing
+                # Cancelled by a waker: redis-py closed the connection; the next command opens
+                # a new one, with a new client id.
+                self._client_id = None
+                continue
             finally:
-                self._blocked = False
+                self._read = None
+                self._reading = None
+            self._delay = RETRY_FIRST_S
             for key, entries in reply or []:
                 job_id = job_of(key.decode())
                 self.hub._deliver(job_id, used[job_id], entries)
