@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -30,18 +29,17 @@ from api.errors import ApiError
 from api.reading import follow, load_job, require_job, resume_point
 from api.schemas import ErrorBody, Job, JobCreated, JobRequest, UpstreamList
 from api.state import Relay
-from api.submission import new_job_id, submit
-from tokenrelay.events import (
-    CANCEL_CHANNEL,
-    TERMINAL_STATUSES,
-    EventId,
-    idempotency_key,
-    job_key,
-)
+from api.submission import Submitted, new_job_id, submit
+from tokenrelay.events import CANCEL_CHANNEL, TERMINAL_STATUSES, EventId, job_key
+from tokenrelay.idempotency import Held, fingerprint
 
 log = structlog.get_logger("tokenrelay.api")
 
 router = APIRouter(prefix="/v1")
+
+IDEMPOTENCY_WAIT_S = 2.0
+"""How long a request waits for another request with its Idempotency-Key (and body) to finish
+submitting, before it answers 409 with ``Retry-After``."""
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -50,7 +48,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "malformed request or event id",
         401: "missing or wrong API key",
         404: "no such job",
-        409: "Idempotency-Key reused with another body",
+        409: "Idempotency-Key reused with another body, or still in use (retry)",
         410: "the event id is older than what is kept",
         413: "request body too large",
         422: "invalid job (schema, unknown upstream)",
@@ -102,54 +100,61 @@ async def submit_job(
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
     ] = None,
 ) -> JSONBody:
-    """Enqueue a generation job. Its events stream at ``events_url``."""
-    job_id = new_job_id()
-    idem_key: str | None = None
-    if idempotency_key_header is not None:
-        try:
-            canonical = orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-        except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits in a message
-            raise ApiError(422, f"the request holds a value that cannot be stored: {exc}") from None
-        body_hash = hashlib.sha256(canonical).hexdigest()
-        digest = hashlib.sha256(idempotency_key_header.encode()).hexdigest()
-        idem_key = idempotency_key(tenant, digest)
-        claimed = await r.redis.set(
-            idem_key, f"{job_id} {body_hash}", nx=True, ex=r.settings.stream_ttl_s
-        )
-        if not claimed:
-            return await _idempotent_replay(r, idem_key, body_hash, tenant)
+    """Enqueue a generation job. Its events stream at ``events_url``.
+
+    With an ``Idempotency-Key``: the same key and body again answer 200 with the same job; while
+    the first request with the key is still submitting, another waits for it (up to
+    ``IDEMPOTENCY_WAIT_S``), then answers 409 with ``Retry-After``. Another body is a 409.
+    """
+    if idempotency_key_header is None:
+        return _accepted(await submit(r, tenant, body, via="jobs"))
     try:
-        job = await submit(r, tenant, body, via="jobs", job_id=job_id)
+        body_hash = fingerprint(body.model_dump(mode="json"))
+    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits in a message
+        raise ApiError(422, f"the request holds a value that cannot be stored: {exc}") from None
+    store = r.idempotency
+    key = store.key(tenant, idempotency_key_header)
+    job_id = new_job_id()
+    while held := await store.claim(key, job_id, body_hash, wait_s=IDEMPOTENCY_WAIT_S):
+        if not secrets.compare_digest(held.body_hash, body_hash):
+            raise ApiError(
+                409, "this Idempotency-Key was used with another body", param="Idempotency-Key"
+            )
+        if held.pending:
+            raise ApiError(
+                409,
+                "a request with this Idempotency-Key is still being submitted; retry shortly",
+                param="Idempotency-Key",
+                headers={"Retry-After": "1"},
+            )
+        found = await r.events.get_job(held.job_id)
+        if found is not None:
+            fields, _ = found
+            return JSONBody(
+                _created(held.job_id, fields["status"], fields["created_at"]),
+                status_code=200,
+                headers={"Location": f"/v1/jobs/{held.job_id}"},
+            )
+        # The job is gone (expired, or lost with its Redis): the key names nothing. Free it.
+        log.warning("idempotency_key_orphaned", job_id=held.job_id)
+        await store.release(key, held)
+    confirm = functools.partial(store.confirm, key=key, job_id=job_id, body_hash=body_hash)
+    try:
+        job = await submit(r, tenant, body, via="jobs", job_id=job_id, on_enqueue=confirm)
     except BaseException:
-        # The submit is all or nothing; only the idempotency claim could be left: release it.
-        if idem_key is not None:
-            with contextlib.suppress(RedisError):
-                await r.redis.delete(idem_key)
+        # Not enqueued (or, after a lost reply, maybe enqueued and confirmed): drop the claim
+        # if it is still our pending one, so the key can be used again.
+        with contextlib.suppress(RedisError):
+            await store.release(key, Held(job_id, body_hash, pending=True))
         raise
+    return _accepted(job)
+
+
+def _accepted(job: Submitted) -> JSONBody:
     return JSONBody(
         _created(job.id, "queued", job.created_at),
         status_code=202,
         headers={"Location": f"/v1/jobs/{job.id}"},
-    )
-
-
-async def _idempotent_replay(r: Relay, idem_key: str, body_hash: str, tenant: str) -> JSONBody:
-    raw = await r.redis.get(idem_key)
-    if raw is None:  # expired between SET NX and GET: vanishingly rare; the client may retry
-        raise ApiError(409, "the Idempotency-Key is in use; retry", param="Idempotency-Key")
-    job_id, _, stored_hash = raw.decode().partition(" ")
-    if not secrets.compare_digest(stored_hash, body_hash):
-        raise ApiError(
-            409, "this Idempotency-Key was used with another body", param="Idempotency-Key"
-        )
-    found = await r.events.get_job(job_id)
-    if found is None:  # the first request is still being enqueued
-        return JSONBody(_created(job_id, "queued", now_rfc3339()), status_code=200)
-    fields, _ = found
-    return JSONBody(
-        _created(job_id, fields["status"], fields["created_at"]),
-        status_code=200,
-        headers={"Location": f"/v1/jobs/{job_id}"},
     )
 
 

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from tokenrelay.connections import Streams, node_client, queue_client, streams_client
 from tokenrelay.fanout import Hub
+from tokenrelay.idempotency import IdempotencyStore
 from tokenrelay.leases import Reaper
 from tokenrelay.queue import JobQueue
 from tokenrelay.settings import Settings
@@ -23,6 +24,7 @@ class Relay:
     events: EventLog
     hub: Hub
     reaper: Reaper
+    idempotency: IdempotencyStore  # on the queue Redis: confirmed in the enqueue's MULTI/EXEC
 
     @classmethod
     async def open(cls, settings: Settings) -> Relay:
@@ -38,7 +40,8 @@ class Relay:
             events, JobQueue.for_settings(queue, redis, settings), lease_ttl_s=settings.lease_ttl_s
         )
         reaper.start()
-        return cls(settings, redis, queue, events, hub, reaper)
+        idempotency = IdempotencyStore(queue, ttl_s=settings.stream_ttl_s)
+        return cls(settings, redis, queue, events, hub, reaper, idempotency)
 
     async def aclose(self) -> None:
         await self.reaper.aclose()

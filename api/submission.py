@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +44,7 @@ async def submit(
     via: str,
     extra_fields: Mapping[str, Any] | None = None,
     job_id: str | None = None,
+    on_enqueue: Callable[[Any], None] | None = None,
 ) -> Submitted:
     """Validate ``body`` against the configured upstreams and enqueue it, as ``POST /v1/jobs``.
 
@@ -52,7 +53,8 @@ async def submit(
     an unknown upstream, a request the upstream's kind cannot take, a missing model, or a value
     JSON cannot carry (an integer beyond 64 bits); 413, 429 or 503
     from admission control (``api.admission``). Redis errors propagate (the API answers 503).
-    The job is created and queued atomically: all or nothing.
+    The job is created and queued atomically: all or nothing; ``on_enqueue(pipe)`` adds commands
+    to the queue Redis's MULTI/EXEC that enqueues it (``EventLog.submit``).
     """
     upstream_name = body.upstream or r.settings.resolved_default_upstream
     if upstream_name is None:
@@ -98,7 +100,7 @@ async def submit(
         "attempt": "0",
         "nevents": "0",
     }
-    await r.events.submit(job_id, fields, ttl_s=r.settings.unfinished_ttl_s)
+    await r.events.submit(job_id, fields, ttl_s=r.settings.unfinished_ttl_s, on_enqueue=on_enqueue)
     log.info(
         "job_submitted", job_id=job_id, upstream=upstream_name, has_tools=bool(body.tools), via=via
     )

@@ -10,7 +10,7 @@
     │   ├── AuthenticationError       401  missing or unknown API key
     │   ├── PermissionDeniedError     403
     │   ├── NotFoundError             404  no such job (or another key's, or expired)
-    │   ├── ConflictError             409  Idempotency-Key reused with another body
+    │   ├── ConflictError             409  Idempotency-Key reused with another body, or in use
     │   ├── GoneError                 410  the resume point is older than what is kept
     │   ├── RequestTooLargeError      413
     │   ├── UnprocessableEntityError  422  invalid job or query (``param`` names the field)
@@ -695,7 +695,8 @@ class Client(_Base):
         """Enqueue a job: give exactly one of ``prompt`` and ``messages``.
 
         Raises ``UnprocessableEntityError`` for an invalid job, ``ConflictError`` for an
-        ``idempotency_key`` reused with another body.
+        ``idempotency_key`` reused with another body, or still being submitted by another
+        request (then its ``retry_after`` is set: submit again after it).
         """
         body = self._submit_body(prompt, messages, upstream, model, options, tools, metadata)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None

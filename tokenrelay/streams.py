@@ -101,13 +101,25 @@ class EventLog:
 
     # -- job state -------------------------------------------------------------------------
 
-    async def submit(self, job_id: str, fields: Mapping[str, str], *, ttl_s: int) -> None:
+    async def submit(
+        self,
+        job_id: str,
+        fields: Mapping[str, str],
+        *,
+        ttl_s: int,
+        on_enqueue: Callable[[Any], None] | None = None,
+    ) -> None:
         """Create the job's records and enqueue it: one atomic round trip when the queue and
-        the streams share a Redis, else the records first, then the queue entry."""
+        the streams share a Redis, else the records first, then the queue entry.
+
+        ``on_enqueue(pipe)`` may add commands to the queue Redis's MULTI/EXEC that enqueues the
+        job: they run atomically with the enqueue."""
         if self.queue is self.redis and not is_cluster(self.redis):
             async with self.queue.pipeline(transaction=True) as pipe:
                 add_job_records(pipe, job_id, dict(fields), ttl_s)
                 add_enqueue(pipe, job_id)
+                if on_enqueue is not None:
+                    on_enqueue(pipe)
                 await pipe.execute()
             return
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -115,6 +127,8 @@ class EventLog:
             await pipe.execute()
         async with self.queue.pipeline(transaction=True) as pipe:
             add_enqueue(pipe, job_id)
+            if on_enqueue is not None:
+                on_enqueue(pipe)
             await pipe.execute()
 
     async def get_job(self, job_id: str) -> tuple[dict[str, str], str] | None:
