@@ -68,11 +68,19 @@ def is_cluster(client: Streams) -> bool:
     return isinstance(client, RedisCluster)
 
 
+READER_BLOCK_S = 10.0
+"""How long a hub reader's XREAD blocks (``tokenrelay.fanout``); its socket waits longer."""
+
+
 def node_client(settings: Settings, node: ClusterNode | None) -> Redis:
     """A one-connection client of a streams node (``None``: the single streams server), for a
-    reader that keeps its connection blocked in XREAD."""
+    reader that keeps its connection blocked in XREAD: a reply may take the whole block, and
+    one that takes longer than that and ``redis_timeout_s`` is lost (a half-dead connection)."""
+    timeouts = {**_timeouts(settings), "socket_timeout": READER_BLOCK_S + settings.redis_timeout_s}
     if node is None:
-        return cast(Redis, Redis.from_url(settings.streams_dsn, single_connection_client=True))
+        client = Redis.from_url(settings.streams_dsn, single_connection_client=True, **timeouts)
+        return cast(Redis, client)
     # The node's own connection settings: password, username, TLS as the cluster client has.
-    pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
+    kwargs = {**node.connection_kwargs, **timeouts}
+    pool = ConnectionPool(connection_class=node.connection_class, **kwargs)
     return Redis(connection_pool=pool, single_connection_client=True)

@@ -25,13 +25,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tokenrelay.connections import is_cluster
+from tokenrelay.connections import READER_BLOCK_S, is_cluster
 from tokenrelay.events import EventId, events_key, job_of, shard_of, shard_tag
 from tokenrelay.streams import EventLog, StoredEvent
 
 log = structlog.get_logger("tokenrelay.fanout")
 
-BLOCK_MS = 10_000
+BLOCK_MS = int(READER_BLOCK_S * 1000)
 READ_COUNT = 1000
 MAX_QUEUED_BATCHES = 256
 """A listener that falls this far behind drops its queue and catches up from Redis instead."""

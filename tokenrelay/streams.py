@@ -125,11 +125,18 @@ class EventLog:
         async with self.redis.pipeline(transaction=False) as pipe:
             add_job_records(pipe, job_id, dict(fields), ttl_s)
             await pipe.execute()
-        async with self.queue.pipeline(transaction=True) as pipe:
-            add_enqueue(pipe, job_id)
-            if on_enqueue is not None:
-                on_enqueue(pipe)
-            await pipe.execute()
+        try:
+            async with self.queue.pipeline(transaction=True) as pipe:
+                add_enqueue(pipe, job_id)
+                if on_enqueue is not None:
+                    on_enqueue(pipe)
+                await pipe.execute()
+        except BaseException:
+            # The submit failed (the caller answers an error): take the records back, so no
+            # job sits "queued" that no queue holds. Best effort; they expire regardless.
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.delete(job_key(job_id))
+            raise
 
     async def get_job(self, job_id: str) -> tuple[dict[str, str], str] | None:
         """The status hash and text of a job, read together (atomically); None if unknown."""
