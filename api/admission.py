@@ -7,8 +7,8 @@ from typing import Any
 
 from api.errors import ApiError
 from api.state import Relay
-from tokenrelay.events import KEY_PREFIX
-from tokenrelay.queue import QUEUE_NAME
+from tokenrelay.keys import rate_key
+from tokenrelay.store.queue import QUEUE_NAME
 
 
 def prompt_chars(prompt: str | None, messages: list[Any] | None) -> int:
@@ -43,12 +43,12 @@ async def admit(r: Relay, tenant: str, chars: int) -> None:
         )
     now = time.time()
     window = int(now // 60)
-    rate_key = f"{KEY_PREFIX}:rate:{tenant}:{window}"
+    rate = rate_key(tenant, window)
     async with r.queue.pipeline(transaction=False) as pipe:
         pipe.zcard(QUEUE_NAME)
         if settings.rate_limit_per_min:
-            pipe.incr(rate_key)
-            pipe.expire(rate_key, 120)
+            pipe.incr(rate)
+            pipe.expire(rate, 120)
         replies = await pipe.execute()
     if settings.rate_limit_per_min and replies[1] > settings.rate_limit_per_min:
         retry_after = max(1, int(60 - now % 60) + 1)

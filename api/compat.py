@@ -17,9 +17,9 @@ from api.schemas import ErrorBody, JobRequest
 from api.state import Relay
 from api.submission import Submitted, submit
 from tokenrelay.errors import clipped, quoted
-from tokenrelay.events import ZERO_ID, EventId
 from tokenrelay.settings import Settings
-from tokenrelay.streams import StoredEvent
+from tokenrelay.store.events import StoredEvent
+from tokenrelay.wire import ZERO_ID, EventId
 
 JOB_HEADER = "X-Tokenrelay-Job"
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -117,7 +117,7 @@ async def finished(
     """The job's fields, text and ``usage`` event data once it ended (sooner if the client
     went away). Raises ``failure``'s ``ApiError`` when the job failed."""
     usage = await wait_for_end(r, job_id, request)
-    found = await r.events.get_job(job_id)
+    found = await r.jobs.get_job(job_id)
     fields, text = found if found is not None else ({"status": "failed"}, "")
     if fields["status"] == "failed":
         raise failure(job_id, fields)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import orjson
 from starlette.responses import JSONResponse
 
-from tokenrelay.streams import StoredEvent
+from tokenrelay.store.events import StoredEvent
 
 WireFormat = Literal["sse", "ndjson"]
 

@@ -30,8 +30,9 @@ from api.reading import follow, load_job, require_job, resume_point
 from api.schemas import ErrorBody, Job, JobCreated, JobRequest, UpstreamList
 from api.state import Relay
 from api.submission import Submitted, new_job_id, submit
-from tokenrelay.events import CANCEL_CHANNEL, TERMINAL_STATUSES, EventId, job_key
-from tokenrelay.idempotency import Held, fingerprint
+from tokenrelay.keys import CANCEL_CHANNEL, job_key
+from tokenrelay.store.idempotency import Held, fingerprint
+from tokenrelay.wire import TERMINAL_STATUSES, EventId
 
 log = structlog.get_logger("tokenrelay.api")
 
@@ -127,7 +128,7 @@ async def submit_job(
                 param="Idempotency-Key",
                 headers={"Retry-After": "1"},
             )
-        found = await r.events.get_job(held.job_id)
+        found = await r.jobs.get_job(held.job_id)
         if found is not None:
             fields, _ = found
             return JSONBody(
@@ -200,7 +201,7 @@ async def cancel_job(job_id: str, r: RelayDep, tenant: TenantDep) -> JSONBody:
     fields, text = await load_job(r, job_id, tenant)
     if fields["status"] in TERMINAL_STATUSES:
         return JSONBody(_job_body(fields, text), status_code=200)
-    if not await r.events.finish_queued(job_id, now_rfc3339(), {"finish_reason": "cancelled"}):
+    if not await r.jobs.finish_queued(job_id, now_rfc3339(), {"finish_reason": "cancelled"}):
         # A worker has it: flag it (for a worker that is just starting it) and signal it.
         await r.redis.hset(job_key(job_id), "cancel_requested", "1")  # type: ignore[misc]
         await r.queue.publish(CANCEL_CHANNEL, job_id.encode())

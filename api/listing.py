@@ -14,9 +14,9 @@ from api.deps import RelayDep, TenantDep
 from api.encoding import JSONBody
 from api.errors import ApiError
 from api.schemas import ErrorBody
-from tokenrelay.connections import Streams
 from tokenrelay.errors import quoted
-from tokenrelay.events import job_key, recent_jobs_key
+from tokenrelay.keys import job_key, recent_jobs_key
+from tokenrelay.store.connections import Streams
 
 router = APIRouter(prefix="/v1")
 

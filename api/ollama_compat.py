@@ -35,7 +35,7 @@ from api.deps import RelayDep, TenantDep
 from api.encoding import NDJSON_MEDIA_TYPE, JSONBody
 from api.schemas import Message
 from api.state import Relay
-from tokenrelay.events import ZERO_ID
+from tokenrelay.wire import ZERO_ID
 
 router = APIRouter(prefix="/api", tags=["ollama-compatible"])
 
@@ -195,7 +195,7 @@ def timings(fields: Mapping[str, str | None], usage: Mapping[str, Any] | None) -
 
 async def _job_times(r: Relay, job_id: str) -> dict[str, str | None]:
     names = ("created_at", "started_at", "finished_at")
-    return dict(zip(names, await r.events.job_fields(job_id, *names), strict=True))
+    return dict(zip(names, await r.jobs.job_fields(job_id, *names), strict=True))
 
 
 async def _stream(r: Relay, job_id: str, view: View) -> AsyncIterator[bytes]:

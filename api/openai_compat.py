@@ -32,7 +32,7 @@ from api.openai_format import View, chunk_stream, completion_body
 from api.reading import load_job, resume_point
 from api.schemas import Message
 from api.state import Relay
-from tokenrelay.events import ZERO_ID, EventId
+from tokenrelay.wire import ZERO_ID, EventId
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
 

@@ -15,8 +15,8 @@ import orjson
 
 from api.compat import follow
 from api.state import Relay
-from tokenrelay.events import TERMINAL_STATUSES, ZERO_ID, EventId, status_for
-from tokenrelay.streams import StoredEvent
+from tokenrelay.store.events import StoredEvent
+from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID, EventId, status_for
 
 FINISH_REASONS = {
     "stop": "stop",
@@ -161,7 +161,7 @@ class Chunks:
             if not self.view.include_usage:
                 return [finish]
             if self.usage is None:  # resumed after the usage event: the job's status has it
-                stored = await self.r.events.job_field(self.view.job_id, "usage")
+                stored = await self.r.jobs.job_field(self.view.job_id, "usage")
                 self.usage = orjson.loads(stored) if stored else ZERO_USAGE
             return [finish, self._chunk([], usage=self.usage)]
         return []

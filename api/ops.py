@@ -7,8 +7,9 @@ from redis.exceptions import RedisError
 
 from api.encoding import JSONBody
 from api.state import Relay
-from tokenrelay.metrics import METRICS_KEY, live_workers, render
-from tokenrelay.queue import LEASES_KEY, QUEUE_NAME
+from tokenrelay.keys import LEASES_KEY, METRICS_KEY
+from tokenrelay.metrics import live_workers, render
+from tokenrelay.store.queue import QUEUE_NAME
 
 router = APIRouter(tags=["ops"])
 

@@ -9,8 +9,8 @@ from collections.abc import AsyncGenerator
 from api.errors import ApiError
 from api.state import Relay
 from tokenrelay.errors import EventIdExpired, InvalidEventId, JobNotFound, quoted
-from tokenrelay.events import TERMINAL_STATUSES, ZERO_ID, EventId
 from tokenrelay.fanout import Batch
+from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID, EventId
 
 JOB_ID = re.compile(r"^job_[A-Za-z0-9_-]{22}$")
 ID_PREFIXES = ("chatcmpl-", "cmpl-")
@@ -30,7 +30,7 @@ async def load_job(r: Relay, ref: str, tenant: str) -> tuple[dict[str, str], str
     """The fields and text of job ``ref`` (``job_...``, or a ``chatcmpl-``/``cmpl-`` id made
     from one). Raises ``JobNotFound`` (404) when unknown, expired or another key's."""
     job_id = _job_id(ref)
-    found = await r.events.get_job(job_id)
+    found = await r.jobs.get_job(job_id)
     if found is None or not secrets.compare_digest(found[0].get("tenant", ""), tenant):
         raise JobNotFound(ref)
     return found
@@ -40,7 +40,7 @@ async def require_job(r: Relay, ref: str, tenant: str) -> str:
     """The job id of ``ref`` if the job exists and is the tenant's: one small read (no text),
     for routes that only follow a job. Raises ``JobNotFound`` (404) otherwise."""
     job_id = _job_id(ref)
-    (owner,) = await r.events.job_fields(job_id, "tenant")
+    (owner,) = await r.jobs.job_fields(job_id, "tenant")
     if owner is None or not secrets.compare_digest(owner, tenant):
         raise JobNotFound(ref)
     return job_id
@@ -91,7 +91,7 @@ async def follow(r: Relay, job_id: str, after: EventId) -> AsyncGenerator[list[B
     async with r.hub.subscribe(job_id, last) as sub:
         # Subscribed at `last`: anything appended from now on reaches us. If the job already
         # ended at or before `last` (a resume after `end`), nothing ever will: stop now.
-        status, end_id = await r.events.job_fields(job_id, "status", "last_event_id")
+        status, end_id = await r.jobs.job_fields(job_id, "status", "last_event_id")
         if status is None:
             return
         if status in TERMINAL_STATUSES and end_id and EventId.parse(end_id) <= last:

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from tokenrelay.connections import Streams, node_client, queue_client, streams_client
 from tokenrelay.fanout import Hub
-from tokenrelay.idempotency import IdempotencyStore
-from tokenrelay.leases import Reaper
-from tokenrelay.queue import JobQueue
 from tokenrelay.settings import Settings
-from tokenrelay.streams import EventLog
+from tokenrelay.store.connections import Streams, node_client, queue_client, streams_client
+from tokenrelay.store.events import EventLog
+from tokenrelay.store.idempotency import IdempotencyStore
+from tokenrelay.store.jobs import JobStore
+from tokenrelay.store.leases import Reaper
+from tokenrelay.store.queue import JobQueue
 
 
 @dataclass
@@ -21,7 +22,9 @@ class Relay:
     settings: Settings
     redis: Streams  # job events and state (a single node or a cluster)
     queue: Redis  # the job queue, pub/sub, leases, metrics, admission counters
-    events: EventLog
+    events: EventLog  # a job's events, read
+    jobs: JobStore  # a job's record and text: read, cancelled
+    job_queue: JobQueue  # submit: the record and the queue entry
     hub: Hub
     reaper: Reaper
     idempotency: IdempotencyStore  # on the queue Redis: confirmed in the enqueue's MULTI/EXEC
@@ -32,16 +35,16 @@ class Relay:
         redis = streams_client(settings, queue)
         if not isinstance(redis, Redis):
             await redis.initialize()  # learn the cluster's slots before the first request
-        events = EventLog.for_settings(redis, queue, settings)
+        events = EventLog(redis)
+        jobs = JobStore.for_settings(redis, settings)
+        job_queue = JobQueue.for_settings(queue, redis, settings)
 
         hub = Hub(events, functools.partial(node_client, settings))
         # Jobs whose worker died end even when no worker is left to notice.
-        reaper = Reaper(
-            events, JobQueue.for_settings(queue, redis, settings), lease_ttl_s=settings.lease_ttl_s
-        )
+        reaper = Reaper(jobs, job_queue, lease_ttl_s=settings.lease_ttl_s)
         reaper.start()
         idempotency = IdempotencyStore(queue, ttl_s=settings.stream_ttl_s)
-        return cls(settings, redis, queue, events, hub, reaper, idempotency)
+        return cls(settings, redis, queue, events, jobs, job_queue, hub, reaper, idempotency)
 
     async def aclose(self) -> None:
         await self.reaper.aclose()

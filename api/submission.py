@@ -100,7 +100,9 @@ async def submit(
         "attempt": "0",
         "nevents": "0",
     }
-    await r.events.submit(job_id, fields, ttl_s=r.settings.unfinished_ttl_s, on_enqueue=on_enqueue)
+    await r.job_queue.submit(
+        job_id, fields, ttl_s=r.settings.unfinished_ttl_s, on_enqueue=on_enqueue
+    )
     log.info(
         "job_submitted", job_id=job_id, upstream=upstream_name, has_tools=bool(body.tools), via=via
     )

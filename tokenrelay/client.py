@@ -40,8 +40,8 @@ import anyio
 import httpx
 import orjson
 
-from tokenrelay.events import TERMINAL_STATUSES, ErrorType, FinishReason, JobStatus
 from tokenrelay.upstreams._sse import ServerSentEvent, SSEDecoder
+from tokenrelay.wire import TERMINAL_STATUSES, ErrorType, FinishReason, JobStatus
 
 __all__ = [
     "DEFAULT_URL",

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # events.py quotes with this module's helper: no import cycle at run time
-    from tokenrelay.events import ErrorType
+    from tokenrelay.wire import ErrorType
 
 
 QUOTE_CHARS = 64

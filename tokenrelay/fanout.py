@@ -25,9 +25,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tokenrelay.connections import READER_BLOCK_S, is_cluster
-from tokenrelay.events import EventId, events_key, job_of, shard_of, shard_tag
-from tokenrelay.streams import EventLog, StoredEvent
+from tokenrelay.keys import events_key, job_of, shard_of, shard_tag
+from tokenrelay.store.connections import READER_BLOCK_S, is_cluster
+from tokenrelay.store.events import EventLog, StoredEvent
+from tokenrelay.wire import EventId
 
 log = structlog.get_logger("tokenrelay.fanout")
 

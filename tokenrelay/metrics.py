@@ -17,10 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
-from tokenrelay.events import KEY_PREFIX
+from tokenrelay.keys import METRICS_KEY, WORKERS_KEY
 
-METRICS_KEY = f"{KEY_PREFIX}:metrics"
-WORKERS_KEY = f"{KEY_PREFIX}:workers"
 WORKER_ALIVE_S = 10.0
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

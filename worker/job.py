@@ -16,13 +16,13 @@ import structlog
 from redis.exceptions import RedisError
 
 from tokenrelay.errors import Fenced, StoreUnavailable, UpstreamError, UpstreamTimeout
-from tokenrelay.events import ErrorType, FinishReason, now_rfc3339, status_for
-from tokenrelay.leases import Leases
 from tokenrelay.metrics import record_job
-from tokenrelay.queue import JobQueue, Taken
 from tokenrelay.resilience import retrying
 from tokenrelay.settings import Settings, UpstreamConfig
-from tokenrelay.streams import EventLog, EventWriter, JobStream
+from tokenrelay.store.events import EventWriter, JobStream
+from tokenrelay.store.jobs import JobStore
+from tokenrelay.store.leases import Leases
+from tokenrelay.store.queue import JobQueue, Taken
 from tokenrelay.upstreams import make_upstream
 from tokenrelay.upstreams.base import (
     Finish,
@@ -32,6 +32,7 @@ from tokenrelay.upstreams.base import (
     Upstream,
     Usage,
 )
+from tokenrelay.wire import ErrorType, FinishReason, now_rfc3339, status_for
 from worker.retry import RetryPolicy
 from worker.stops import StopFilter
 
@@ -92,13 +93,13 @@ class JobRunner:
     def __init__(
         self,
         settings: Settings,
-        events: EventLog,
+        records: JobStore,
         writer: EventWriter,
         jobs: JobQueue,
         worker_id: str,
     ) -> None:
         self.settings = settings
-        self.events = events
+        self.records = records
         self.writer = writer
         self.jobs = jobs
         self.leases = Leases(jobs, self.active)
@@ -179,7 +180,7 @@ class JobRunner:
             claimed = state.taken.claim
             if claimed is None:  # the streams live on another Redis: claim there
                 claimed = await retrying(
-                    lambda: self.events.claim(
+                    lambda: self.records.claim(
                         job_id, owner, now_rfc3339(), safety_ttl_s=self.settings.unfinished_ttl_s
                     ),
                     budget_s=self.settings.write_retry_s,
@@ -236,7 +237,7 @@ class JobRunner:
         job_id, owner = state.taken.job_id, state.taken.owner
         try:
             done = await retrying(
-                lambda: self.events.fail(job_id, error, owner=owner),
+                lambda: self.records.fail(job_id, error, owner=owner),
                 budget_s=self.settings.write_retry_s,
                 what="fail",
             )

@@ -14,13 +14,14 @@ from arq.connections import RedisSettings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tokenrelay.connections import Streams, queue_client, streams_client
-from tokenrelay.events import CANCEL_CHANNEL, WAKE_CHANNEL
-from tokenrelay.leases import Reaper
+from tokenrelay.keys import CANCEL_CHANNEL, WAKE_CHANNEL
 from tokenrelay.metrics import heartbeat
-from tokenrelay.queue import JobQueue, QueueWorker, Taken
 from tokenrelay.settings import Settings
-from tokenrelay.streams import EventLog, EventWriter
+from tokenrelay.store.connections import Streams, queue_client, streams_client
+from tokenrelay.store.events import EventWriter
+from tokenrelay.store.jobs import JobStore
+from tokenrelay.store.leases import Reaper
+from tokenrelay.store.queue import JobQueue, QueueWorker, Taken
 from worker.job import JobRunner
 
 log = structlog.get_logger("tokenrelay.worker")
@@ -101,7 +102,7 @@ def create_worker(settings: Settings) -> QueueWorker:
         queue = queue_client(settings)
         redis = streams_client(settings, queue)
         services.clients = [redis] if redis is queue else [redis, queue]
-        events = EventLog.for_settings(redis, queue, settings)
+        records = JobStore.for_settings(redis, settings)
         writer = EventWriter(
             redis,
             maxlen=settings.stream_maxlen,
@@ -113,9 +114,9 @@ def create_worker(settings: Settings) -> QueueWorker:
         worker.attach(
             jobs, safety_ttl_s=settings.unfinished_ttl_s, take_retry_s=settings.write_retry_s
         )
-        runner = services.runner = JobRunner(settings, events, writer, jobs, worker.worker_id)
+        runner = services.runner = JobRunner(settings, records, writer, jobs, worker.worker_id)
         runner.leases.start()
-        services.reaper = Reaper(events, jobs, lease_ttl_s=settings.lease_ttl_s)
+        services.reaper = Reaper(records, jobs, lease_ttl_s=settings.lease_ttl_s)
         services.reaper.start()
         services.tasks = [
             asyncio.create_task(_heartbeat(queue, worker.worker_id)),

@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 
 from client import Conn, event_id, event_type, sent_ns  # noqa: E402
 
-from tokenrelay.events import events_key, job_key, job_keys  # noqa: E402
+from tokenrelay.keys import events_key, job_key, job_keys  # noqa: E402
 
 
 def free_port() -> int:

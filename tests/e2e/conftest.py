@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from tests.conftest import RelaySystem, free_port, relay_system, with_db
-from tokenrelay.dev import LOCAL_MODEL, local_model_missing, smollm2_path
+from tokenrelay.cli.dev import LOCAL_MODEL, local_model_missing, smollm2_path
 
 
 @pytest.fixture(scope="session")

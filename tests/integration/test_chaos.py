@@ -18,8 +18,8 @@ import redis.asyncio as aioredis
 from tests.conftest import RedisServer, relay_system, system_env
 from tests.integration.helpers import Ev, assert_well_formed, collect, parse_sse, submit, texts
 from tests.upstream_server import Scenario, UpstreamServer
-from tokenrelay.events import job_key
-from tokenrelay.queue import LEASES_KEY, QUEUE_NAME
+from tokenrelay.keys import LEASES_KEY, job_key
+from tokenrelay.store.queue import QUEUE_NAME
 
 JOBS = 12
 LISTENERS_PER_JOB = 3

@@ -24,7 +24,7 @@ from tests.conftest import (
 )
 from tests.integration.helpers import Ev, assert_well_formed, collect, parse_sse, submit, texts
 from tests.upstream_server import Scenario, UpstreamServer
-from tokenrelay.events import events_key
+from tokenrelay.keys import events_key
 
 JOBS = 50
 PIECES = 30

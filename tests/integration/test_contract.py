@@ -22,7 +22,7 @@ from tests.integration.helpers import (
     texts,
 )
 from tests.upstream_server import SCENARIOS, Scenario, UpstreamServer
-from tokenrelay.events import events_key
+from tokenrelay.keys import events_key
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from tests.integration.helpers import Ev, assert_well_formed, collect, submit, t
 from tests.integration.test_fault_matrix import follow
 from tests.support.faultproxy import FaultProxy
 from tests.upstream_server import Scenario, UpstreamServer
-from tokenrelay.queue import LEASES_KEY, QUEUE_NAME, TAKE_LUA
+from tokenrelay.keys import LEASES_KEY
+from tokenrelay.store.queue import QUEUE_NAME, TAKE_LUA
 
 WRITE_RETRY_S = 2.0
 LEASE_TTL_S = 1.5

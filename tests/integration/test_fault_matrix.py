@@ -31,8 +31,9 @@ from tests.integration.helpers import Ev, assert_well_formed, collect, parse_sse
 from tests.support.faultproxy import Action, Command, FaultProxy, Trigger
 from tests.support.report import MATRIX_ROWS
 from tests.upstream_server import Scenario, UpstreamServer
-from tokenrelay.queue import TAKE_LUA
-from tokenrelay.streams import APPEND_LUA, CLAIM_LUA
+from tokenrelay.store.events import APPEND_LUA
+from tokenrelay.store.jobs import CLAIM_LUA
+from tokenrelay.store.queue import TAKE_LUA
 
 PHASES = ("queued", "taken", "claimed", "mid_stream", "final_batch", "after_end")
 FAULTS = ("sigkill", "conn_cut", "redis_restart", "outage", "maxmemory", "lost_reply", "pubsub")

@@ -18,11 +18,12 @@ from structlog.testing import capture_logs
 from tests.conftest import RedisServer, RelaySystem, relay_system, system_env
 from tests.integration.helpers import parse_sse, submit
 from tests.upstream_server import Scenario, UpstreamServer
-from tokenrelay.connections import node_client, queue_client, streams_client
-from tokenrelay.events import ZERO_ID, events_key
 from tokenrelay.fanout import Hub, Subscription
+from tokenrelay.keys import events_key
 from tokenrelay.settings import Settings
-from tokenrelay.streams import EventLog
+from tokenrelay.store.connections import node_client, queue_client, streams_client
+from tokenrelay.store.events import EventLog
+from tokenrelay.wire import ZERO_ID
 
 FIRST_DELTA_S = 0.3
 """The upstream's pause before its first piece: the listener is on the hub by then, so the
@@ -157,7 +158,7 @@ async def hub(tmp_path: Path) -> AsyncIterator[tuple[Hub, aioredis.Redis]]:
     server.start()
     settings = Settings(redis_url=server.url)
     queue = queue_client(settings)
-    log = EventLog.for_settings(streams_client(settings, queue), queue, settings)
+    log = EventLog(streams_client(settings, queue))
     hub = Hub(log, functools.partial(node_client, settings))
     try:
         yield hub, queue

@@ -17,7 +17,7 @@ from api.schemas import JobRequest
 from tests.conftest import RedisServer, RelaySystem, relay_system, system_env, with_db
 from tests.integration.helpers import submit
 from tests.upstream_server import UpstreamServer
-from tokenrelay.idempotency import Held, IdempotencyStore, fingerprint
+from tokenrelay.store.idempotency import Held, IdempotencyStore, fingerprint
 
 PAIRS = 30
 

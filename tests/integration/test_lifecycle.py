@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from tests.conftest import UPSTREAM_SECRET, RelaySystem, relay_system, system_env, with_db
 from tests.integration.helpers import assert_well_formed, collect, submit, texts, wait_status
 from tests.upstream_server import SCENARIOS, Scenario, UpstreamServer
-from tokenrelay.events import events_key, job_key, job_keys
+from tokenrelay.keys import events_key, job_key, job_keys
 
 
 @pytest.fixture

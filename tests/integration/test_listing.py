@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from tests.conftest import RelaySystem, relay_system, system_env, with_db
 from tests.upstream_server import UpstreamServer
 from tokenrelay.client import AsyncClient, AuthenticationError, UnprocessableEntityError
-from tokenrelay.events import job_keys, recent_jobs_key
+from tokenrelay.keys import job_keys, recent_jobs_key
 
 KEY_A, KEY_B = "key-listing-alpha", "key-listing-beta"
 

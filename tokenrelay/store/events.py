@@ -1,4 +1,7 @@
-"""EventLog: a job's events on a Redis Stream, its status hash and text, read and written.
+"""A job's events on a Redis Stream: read (``EventLog``) and written (``EventWriter``).
+
+Each batch of a job's events is appended atomically with its text and status fields (one Lua
+call, ``lua/append.lua``), exactly once by sequence number.
 
 Writes go through ``EventWriter``: one per process, it coalesces whatever every job published
 while the previous write was in flight into one pipelined round trip of atomic Lua appends.
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
@@ -19,34 +22,21 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from tokenrelay.connections import Streams, eval_many, is_cluster, script
 from tokenrelay.errors import (
     EventIdExpired,
     Fenced,
     InvalidEventId,
-    JobNotFound,
     StoreUnavailable,
     quoted,
 )
-from tokenrelay.events import (
-    ZERO_ID,
-    Claim,
-    EventId,
-    EventType,
-    events_key,
-    job_key,
-    job_keys,
-    now_rfc3339,
-    parse_claim,
-    text_key,
-)
-from tokenrelay.queue import add_enqueue, add_job_records
+from tokenrelay.keys import events_key, job_key, job_keys
 from tokenrelay.resilience import Backoff, is_transient
-from tokenrelay.settings import Settings
+from tokenrelay.store.connections import Streams, eval_many, is_cluster, script
+from tokenrelay.wire import ZERO_ID, EventId, EventType
 
-log = structlog.get_logger("tokenrelay.streams")
+log = structlog.get_logger("tokenrelay.events")
 
-_LUA = resources.files("tokenrelay") / "lua"
+_LUA = resources.files("tokenrelay.store") / "lua"
 APPEND_LUA = (_LUA / "append.lua").read_text()
 CLAIM_LUA = (_LUA / "claim_fn.lua").read_text() + (
     "\nreturn claim(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])\n"
@@ -80,119 +70,11 @@ def _decode_entries(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> l
 
 
 class EventLog:
-    """Reads and small writes of job state on the streams Redis (one node or a cluster); the
-    queue Redis takes the enqueue. Clients must not decode responses."""
+    """Reads of a job's events on the streams Redis (one node or a cluster). Clients must not
+    decode responses."""
 
-    def __init__(
-        self, redis: Streams, *, ttl_s: int, maxlen: int, queue: Redis | None = None
-    ) -> None:
+    def __init__(self, redis: Streams) -> None:
         self.redis = redis
-        self.queue = queue if queue is not None else redis
-        self.ttl_s = ttl_s
-        self.maxlen = maxlen
-        self._claim = script(redis, CLAIM_LUA)
-        self._fail = script(redis, FAIL_LUA)
-        self._finish_queued = script(redis, FINISH_QUEUED_LUA)
-        self._read_job = script(redis, READ_JOB_LUA)
-
-    @classmethod
-    def for_settings(cls, redis: Streams, queue: Redis, settings: Settings) -> EventLog:
-        return cls(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen, queue=queue)
-
-    # -- job state -------------------------------------------------------------------------
-
-    async def submit(
-        self,
-        job_id: str,
-        fields: Mapping[str, str],
-        *,
-        ttl_s: int,
-        on_enqueue: Callable[[Any], None] | None = None,
-    ) -> None:
-        """Create the job's records and enqueue it: one atomic round trip when the queue and
-        the streams share a Redis, else the records first, then the queue entry.
-
-        ``on_enqueue(pipe)`` may add commands to the queue Redis's MULTI/EXEC that enqueues the
-        job: they run atomically with the enqueue."""
-        if self.queue is self.redis and not is_cluster(self.redis):
-            async with self.queue.pipeline(transaction=True) as pipe:
-                add_job_records(pipe, job_id, dict(fields), ttl_s)
-                add_enqueue(pipe, job_id)
-                if on_enqueue is not None:
-                    on_enqueue(pipe)
-                await pipe.execute()
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            add_job_records(pipe, job_id, dict(fields), ttl_s)
-            await pipe.execute()
-        try:
-            async with self.queue.pipeline(transaction=True) as pipe:
-                add_enqueue(pipe, job_id)
-                if on_enqueue is not None:
-                    on_enqueue(pipe)
-                await pipe.execute()
-        except BaseException:
-            # The submit failed (the caller answers an error): take the records back, so no
-            # job sits "queued" that no queue holds. Best effort; they expire regardless.
-            with contextlib.suppress(RedisError, OSError):
-                await self.redis.delete(job_key(job_id))
-            raise
-
-    async def get_job(self, job_id: str) -> tuple[dict[str, str], str] | None:
-        """The status hash and text of a job, read together (atomically); None if unknown."""
-        raw, text = await self._read_job(keys=[job_key(job_id), text_key(job_id)])
-        if not raw:
-            return None
-        fields = {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
-        return fields, (text or b"").decode()
-
-    async def job_fields(self, job_id: str, *names: str) -> list[str | None]:
-        values = await cast(
-            "Awaitable[list[bytes | None]]", self.redis.hmget(job_key(job_id), list(names))
-        )
-        return [None if value is None else value.decode() for value in values]
-
-    async def job_field(self, job_id: str, name: str) -> str | None:
-        value = await cast("Awaitable[bytes | None]", self.redis.hget(job_key(job_id), name))
-        return None if value is None else value.decode()
-
-    async def claim(self, job_id: str, owner: str, now: str, *, safety_ttl_s: int) -> Claim | str:
-        """Take a queued job for ``owner`` (idempotent for it), or return the status that bars
-        it (``missing`` if gone, ``void`` if a reaper handed the job back meanwhile)."""
-        reply = await self._claim(keys=list(job_keys(job_id)), args=[owner, now, safety_ttl_s])
-        return parse_claim(reply)
-
-    async def fail(
-        self, job_id: str, error: Mapping[str, Any], *, owner: str = "", void: str = ""
-    ) -> int:
-        """End a running job with ``error`` and ``end`` ``error``, atomically (fail.lua): the
-        reaper's (``owner`` '': whoever holds it) or its worker's own. 1 when ended, 2 when
-        still queued (``void`` can no longer claim it), 0 when there is nothing to do."""
-        data = orjson.dumps(dict(error))
-        done = await self._fail(
-            keys=list(job_keys(job_id)),
-            args=[
-                owner,
-                now_rfc3339(),
-                self.ttl_s,
-                data,
-                orjson.dumps({"finish_reason": "error"}),
-                self.maxlen,
-                void,
-                job_id,
-            ],
-        )
-        return int(done)
-
-    async def finish_queued(self, job_id: str, now: str, end_data: Mapping[str, Any]) -> bool:
-        """End a job no worker has taken, with one ``end`` event. False if a worker has it."""
-        done = await self._finish_queued(
-            keys=list(job_keys(job_id)),
-            args=[now, self.ttl_s, orjson.dumps(dict(end_data)), self.maxlen],
-        )
-        return bool(done)
-
-    # -- reading ---------------------------------------------------------------------------
 
     async def read(self, job_id: str, after: EventId, count: int = 1000) -> list[StoredEvent]:
         """Up to ``count`` events strictly after ``after``, oldest first."""
@@ -232,12 +114,6 @@ class EventLog:
         trimmed = int(appended or 0) > int(kept)
         if trimmed and first and after < EventId.parse(first[0][0].decode()):
             raise EventIdExpired(f"events after {quoted(after)} are no longer kept")
-
-    async def require_job(self, job_id: str) -> dict[str, str]:
-        raw = await cast("Awaitable[dict[bytes, bytes]]", self.redis.hgetall(job_key(job_id)))
-        if not raw:
-            raise JobNotFound(job_id)
-        return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 # --- writing ------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def _run_worker(args: argparse.Namespace) -> None:
 
 
 def _run_dev(args: argparse.Namespace) -> None:
-    from tokenrelay.dev import run
+    from tokenrelay.cli.dev import run
 
     raise SystemExit(run(args.host, args.port))
 

@@ -1,7 +1,7 @@
 """Leases on taken jobs, so a job whose worker died still ends, within a bounded time.
 
 A worker holds a lease on each job it took off the queue (taken and leased in one Lua call,
-see ``tokenrelay.queue``): a member of one sorted set scored by the lease's deadline (ms),
+see ``tokenrelay.store.queue``): a member of one sorted set scored by the lease's deadline (ms),
 renewed every second for all its jobs in one round trip, and released only once the job's
 ``end`` is stored. A reaper, in every API and worker process, looks at each lapsed lease:
 
@@ -30,10 +30,10 @@ from importlib import resources
 import structlog
 from redis.exceptions import RedisError
 
-from tokenrelay.connections import Streams, script
-from tokenrelay.events import KEY_PREFIX
-from tokenrelay.queue import JobQueue
-from tokenrelay.streams import EventLog
+from tokenrelay.keys import REAPER_PROBE_KEY, slots_key
+from tokenrelay.store.connections import Streams, script
+from tokenrelay.store.jobs import JobStore
+from tokenrelay.store.queue import JobQueue
 
 log = structlog.get_logger("tokenrelay.leases")
 
@@ -42,8 +42,7 @@ REAP_INTERVAL_S = 1.0
 REAP_BATCH = 100
 SWEEP_EVERY = 5
 """Reap rounds between two pages of the sweep for in-progress jobs without a lease."""
-PROBE_KEY = f"{KEY_PREFIX}:reaper-probe"
-SLOT_LUA = (resources.files("tokenrelay") / "lua" / "slot.lua").read_text()
+SLOT_LUA = (resources.files("tokenrelay.store") / "lua" / "slot.lua").read_text()
 SLOT_POLL_S = 0.05
 WORKER_LOST = {
     "type": "worker_lost",
@@ -54,10 +53,6 @@ WORKER_LOST = {
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def slots_key(upstream: str) -> str:
-    return f"{KEY_PREFIX}:slots:{upstream}"
 
 
 class Leases:
@@ -127,8 +122,8 @@ class Reaper:
     """Ends the jobs whose lease ran out, hands back those never claimed. Safe to run in many
     processes at once: every step is atomic and checks the state it acts on."""
 
-    def __init__(self, events: EventLog, jobs: JobQueue, *, lease_ttl_s: float) -> None:
-        self.events = events
+    def __init__(self, records: JobStore, jobs: JobQueue, *, lease_ttl_s: float) -> None:
+        self.records = records
         self.jobs = jobs
         # Reap only after Redis has taken writes for a whole lease TTL: after an outage (or
         # this process's start) live workers need that long to renew leases that lapsed
@@ -157,8 +152,8 @@ class Reaper:
             await asyncio.sleep(self.interval_s * random.uniform(0.5, 1.0))
             try:
                 await self._probe(self.jobs.redis)
-                if self.events.redis is not self.jobs.redis:
-                    await self._probe(self.events.redis)
+                if self.records.redis is not self.jobs.redis:
+                    await self._probe(self.records.redis)
                 if self._healthy_since is None:
                     self._healthy_since = time.monotonic()
                 if time.monotonic() - self._healthy_since >= self.grace_s:
@@ -172,13 +167,13 @@ class Reaper:
 
     @staticmethod
     async def _probe(redis: Streams) -> None:
-        await redis.set(PROBE_KEY, b"1", px=10_000)
+        await redis.set(REAPER_PROBE_KEY, b"1", px=10_000)
 
     async def reap_once(self) -> int:
         """Settle every job whose lease has run out; returns how many this call ended."""
         ended = 0
         for job_id, taker in await self.jobs.lapsed(REAP_BATCH):
-            done = await self.events.fail(job_id, WORKER_LOST, void=taker)
+            done = await self.records.fail(job_id, WORKER_LOST, void=taker)
             if done == 2:
                 if await self.jobs.requeue(job_id, taker):
                     self.requeued += 1

@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from tokenrelay.connections import script
-from tokenrelay.events import idempotency_key
+from tokenrelay.keys import idempotency_key
+from tokenrelay.store.connections import script
 
-_LUA = resources.files("tokenrelay") / "lua"
+_LUA = resources.files("tokenrelay.store") / "lua"
 CLAIM_LUA = (_LUA / "idem_claim.lua").read_text()
 CONFIRM_LUA = (_LUA / "idem_confirm.lua").read_text()
 RELEASE_LUA = (_LUA / "idem_release.lua").read_text()

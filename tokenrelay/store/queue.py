@@ -45,27 +45,23 @@ from arq.worker import Worker, func
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tokenrelay.connections import Streams, eval_many, is_cluster, script
-from tokenrelay.events import (
+from tokenrelay.keys import (
     JOB_FUNCTION,
-    KEY_PREFIX,
-    RECENT_JOBS_KEPT,
+    LEASES_KEY,
     WAKE_CHANNEL,
-    Claim,
     job_key,
     job_keys,
-    now_rfc3339,
-    parse_claim,
-    recent_jobs_key,
 )
 from tokenrelay.resilience import retrying
 from tokenrelay.settings import Settings
+from tokenrelay.store.connections import Streams, eval_many, is_cluster, script
+from tokenrelay.store.jobs import Claim, add_job_records, parse_claim
+from tokenrelay.wire import now_rfc3339
 
 log = structlog.get_logger("tokenrelay.queue")
 
 QUEUE_NAME = default_queue_name
-LEASES_KEY = f"{KEY_PREFIX}:leases"
-_LUA = resources.files("tokenrelay") / "lua"
+_LUA = resources.files("tokenrelay.store") / "lua"
 CLAIM_FN_LUA = (_LUA / "claim_fn.lua").read_text()
 TAKE_LUA = CLAIM_FN_LUA + (_LUA / "take.lua").read_text()
 REQUEUE_LUA = (_LUA / "requeue.lua").read_text()
@@ -81,17 +77,6 @@ def now_ms() -> int:
 
 
 # --- submit ---------------------------------------------------------------------------------
-
-
-def add_job_records(pipe: Any, job_id: str, fields: dict[str, str], ttl_s: int) -> None:
-    """The job's status hash and its place in the tenant's recent jobs (streams Redis)."""
-    now = timestamp_ms()
-    pipe.hset(job_key(job_id), mapping=fields)
-    pipe.expire(job_key(job_id), ttl_s)
-    recent = recent_jobs_key(fields["tenant"])
-    pipe.zadd(recent, {job_id: now})
-    pipe.zremrangebyrank(recent, 0, -RECENT_JOBS_KEPT - 1)
-    pipe.expire(recent, ttl_s)
 
 
 def add_enqueue(pipe: Any, job_id: str) -> None:
@@ -129,6 +114,7 @@ class JobQueue:
         self, queue: Redis, streams: Streams, *, lease_ttl_s: float, in_progress_ttl_s: float
     ) -> None:
         self.redis = queue
+        self.streams = streams
         # One Redis for both: the take claims the job in the same call.
         self.combined = streams is queue and not is_cluster(streams)
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
@@ -138,6 +124,43 @@ class JobQueue:
         self._ready = script(queue, READY_LUA)
         self._sweep = script(queue, SWEEP_LUA)
         self._sweep_from = 0
+
+    async def submit(
+        self,
+        job_id: str,
+        fields: Mapping[str, str],
+        *,
+        ttl_s: int,
+        on_enqueue: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Create the job's records and enqueue it: one atomic round trip when the queue and
+        the streams share a Redis, else the records first, then the queue entry.
+
+        ``on_enqueue(pipe)`` may add commands to the queue Redis's MULTI/EXEC that enqueues the
+        job: they run atomically with the enqueue."""
+        if self.combined:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                add_job_records(pipe, job_id, dict(fields), ttl_s)
+                add_enqueue(pipe, job_id)
+                if on_enqueue is not None:
+                    on_enqueue(pipe)
+                await pipe.execute()
+            return
+        async with self.streams.pipeline(transaction=False) as pipe:
+            add_job_records(pipe, job_id, dict(fields), ttl_s)
+            await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                add_enqueue(pipe, job_id)
+                if on_enqueue is not None:
+                    on_enqueue(pipe)
+                await pipe.execute()
+        except BaseException:
+            # The submit failed (the caller answers an error): take the records back, so no
+            # job sits "queued" that no queue holds. Best effort; they expire regardless.
+            with contextlib.suppress(RedisError, OSError):
+                await self.streams.delete(job_key(job_id))
+            raise
 
     @classmethod
     def for_settings(cls, queue: Redis, streams: Streams, settings: Settings) -> JobQueue:
