@@ -7,8 +7,6 @@ from typing import Any
 
 from api.errors import ApiError
 from api.state import Relay
-from tokenrelay.keys import rate_key
-from tokenrelay.store.queue import QUEUE_NAME
 
 
 def prompt_chars(prompt: str | None, messages: list[Any] | None) -> int:
@@ -41,25 +39,18 @@ async def admit(r: Relay, tenant: str, chars: int) -> None:
             f"the prompt has {chars} characters; the limit is {settings.max_prompt_chars}",
             param="messages",
         )
-    now = time.time()
-    window = int(now // 60)
-    rate = rate_key(tenant, window)
-    async with r.queue.pipeline(transaction=False) as pipe:
-        pipe.zcard(QUEUE_NAME)
-        if settings.rate_limit_per_min:
-            pipe.incr(rate)
-            pipe.expire(rate, 120)
-        replies = await pipe.execute()
-    if settings.rate_limit_per_min and replies[1] > settings.rate_limit_per_min:
+    depth, submitted = await r.job_queue.admission(tenant, count=bool(settings.rate_limit_per_min))
+    if settings.rate_limit_per_min and submitted > settings.rate_limit_per_min:
+        now = time.time()
         retry_after = max(1, int(60 - now % 60) + 1)
         raise ApiError(
             429,
             f"this key may submit {settings.rate_limit_per_min} jobs a minute",
             headers={"Retry-After": str(retry_after)},
         )
-    if replies[0] >= settings.max_queue_depth:
+    if depth >= settings.max_queue_depth:
         raise ApiError(
             503,
-            f"the queue is full ({replies[0]} jobs waiting); try again shortly",
+            f"the queue is full ({depth} jobs waiting); try again shortly",
             headers={"Retry-After": "1"},
         )

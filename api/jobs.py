@@ -6,7 +6,6 @@ import contextlib
 import functools
 import secrets
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -30,9 +29,8 @@ from api.reading import follow, load_job, require_job, resume_point
 from api.schemas import ErrorBody, Job, JobCreated, JobRequest, UpstreamList
 from api.state import Relay
 from api.submission import Submitted, new_job_id, submit
-from tokenrelay.keys import CANCEL_CHANNEL, job_key
 from tokenrelay.store.idempotency import Held, fingerprint
-from tokenrelay.wire import TERMINAL_STATUSES, EventId
+from tokenrelay.wire import TERMINAL_STATUSES, EventId, JobRecord, now_rfc3339
 
 log = structlog.get_logger("tokenrelay.api")
 
@@ -56,10 +54,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         503: "the job store is unreachable",
     }.items()
 }
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _created(job_id: str, status: str, created_at: str) -> dict[str, Any]:
@@ -160,27 +154,7 @@ def _accepted(job: Submitted) -> JSONBody:
 
 
 def _job_body(fields: dict[str, str], text: str) -> dict[str, Any]:
-    def as_json(name: str, default: Any = None) -> Any:
-        raw = fields.get(name)
-        return orjson.loads(raw) if raw else default
-
-    return {
-        "id": fields["id"],
-        "status": fields["status"],
-        "upstream": fields["upstream"],
-        "model": fields.get("model") or None,
-        "text": text,
-        "tool_calls": as_json("tool_calls", []),
-        "finish_reason": fields.get("finish_reason"),
-        "usage": as_json("usage"),
-        "error": as_json("error"),
-        "created_at": fields["created_at"],
-        "started_at": fields.get("started_at"),
-        "finished_at": fields.get("finished_at"),
-        "last_event_id": fields.get("last_event_id"),
-        "attempt": int(fields.get("attempt", "0")),
-        "metadata": as_json("metadata", {}),
-    }
+    return JobRecord.from_hash(fields).to_json(text)
 
 
 @router.get("/jobs/{job_id}", response_model=Job, responses=ERRORS)
@@ -201,10 +175,8 @@ async def cancel_job(job_id: str, r: RelayDep, tenant: TenantDep) -> JSONBody:
     fields, text = await load_job(r, job_id, tenant)
     if fields["status"] in TERMINAL_STATUSES:
         return JSONBody(_job_body(fields, text), status_code=200)
-    if not await r.jobs.finish_queued(job_id, now_rfc3339(), {"finish_reason": "cancelled"}):
-        # A worker has it: flag it (for a worker that is just starting it) and signal it.
-        await r.redis.hset(job_key(job_id), "cancel_requested", "1")  # type: ignore[misc]
-        await r.queue.publish(CANCEL_CHANNEL, job_id.encode())
+    if not await r.jobs.cancel(job_id, now_rfc3339()):
+        await r.job_queue.signal_cancel(job_id)  # a worker has it
     log.info("job_cancel_requested", job_id=job_id)
     fields, text = await load_job(r, job_id, tenant)
     return JSONBody(_job_body(fields, text), status_code=202)

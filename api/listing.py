@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
@@ -15,8 +13,7 @@ from api.encoding import JSONBody
 from api.errors import ApiError
 from api.schemas import ErrorBody
 from tokenrelay.errors import quoted
-from tokenrelay.keys import job_key, recent_jobs_key
-from tokenrelay.store.connections import Streams
+from tokenrelay.store.jobs import Position
 
 router = APIRouter(prefix="/v1")
 
@@ -27,21 +24,6 @@ MAX_LIMIT = 100
 # ASCII digits only (``\d`` takes any Unicode digit, which ``int`` would then parse), matched in
 # full (``$`` would let a trailing newline through).
 _CURSOR = re.compile(r"([0-9]{1,15})(?::(job_[A-Za-z0-9_-]{1,64}))?")
-
-SUMMARY_FIELDS = (
-    "id",
-    "status",
-    "upstream",
-    "model",
-    "created_at",
-    "finished_at",
-    "finish_reason",
-    "last_event_id",
-    "tenant",
-)
-
-Position = tuple[int, bytes | None]
-"""Where a page ends: jobs strictly older than (score, id); id None means all of that ms too."""
 
 
 class JobSummary(BaseModel):
@@ -89,7 +71,7 @@ async def list_jobs(
     pass ``next_before`` as ``before`` to get them.
     """
     position = None if before is None else _parse_cursor(before)
-    rows, has_more = await _page(r.redis, tenant, position, limit)
+    rows, has_more = await r.jobs.recent(tenant, position, limit)
     data = [_summary(fields) for fields, _ in rows]
     next_before = None
     if has_more and rows:
@@ -110,64 +92,6 @@ def _parse_cursor(raw: str) -> Position:
         )
     job_id = match[2]
     return int(match[1]), None if job_id is None else job_id.encode()
-
-
-async def _page(
-    redis: Streams, tenant: str, position: Position | None, limit: int
-) -> tuple[list[tuple[dict[str, str], int]], bool]:
-    """Up to ``limit`` live jobs older than ``position`` and whether more remain.
-
-    Reads the index a slice at a time and each slice's status hashes in one pipeline; a slice
-    comes up short only when jobs in it expired, which the index then forgets.
-    """
-    key = recent_jobs_key(tenant)
-    rows: list[tuple[dict[str, str], int]] = []
-    while True:
-        want = limit + 1 - len(rows)  # one more than asked: tells whether there is more
-        slice_ = await _index_slice(redis, key, position, want)
-        if not slice_:
-            break
-        async with redis.pipeline(transaction=False) as pipe:
-            for job_id, _ in slice_:
-                pipe.hmget(job_key(job_id.decode()), list(SUMMARY_FIELDS))
-            hashes: list[list[bytes | None]] = await pipe.execute()
-        gone: list[bytes] = []
-        for (job_id, score), values in zip(slice_, hashes, strict=True):
-            fields = {n: v.decode() for n, v in zip(SUMMARY_FIELDS, values, strict=True) if v}
-            fields["id"] = job_id.decode()
-            if "status" not in fields:
-                gone.append(job_id)  # expired: the index outlives the job's keys
-            elif secrets.compare_digest(fields.get("tenant", ""), tenant):
-                rows.append((fields, score))
-        if gone:
-            await redis.zrem(key, *gone)
-        if len(rows) > limit or len(slice_) < want:
-            break
-        position = (slice_[-1][1], slice_[-1][0])
-    return rows[:limit], len(rows) > limit
-
-
-async def _index_slice(
-    redis: Streams, key: str, position: Position | None, count: int
-) -> list[tuple[bytes, int]]:
-    """Up to ``count`` (id, score) of the index strictly after ``position``, newest first."""
-    if position is None:
-        entries = await redis.zrevrangebyscore(key, "+inf", "-inf", 0, count, withscores=True)
-        return _scored(entries)
-    score, after_id = position
-    if after_id is None:
-        entries = await redis.zrevrangebyscore(key, f"({score}", "-inf", 0, count, withscores=True)
-        return _scored(entries)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zrangebyscore(key, score, score)  # the same millisecond: few, read them all
-        pipe.zrevrangebyscore(key, f"({score}", "-inf", 0, count, withscores=True)
-        same_ms, older = await pipe.execute()
-    ties = sorted((m for m in same_ms if m < after_id), reverse=True)
-    return ([(m, score) for m in ties] + _scored(older))[:count]
-
-
-def _scored(entries: Sequence[tuple[bytes, float]]) -> list[tuple[bytes, int]]:
-    return [(member, int(score)) for member, score in entries]
 
 
 def _summary(fields: dict[str, str]) -> dict[str, Any]:

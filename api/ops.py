@@ -7,9 +7,7 @@ from redis.exceptions import RedisError
 
 from api.encoding import JSONBody
 from api.state import Relay
-from tokenrelay.keys import LEASES_KEY, METRICS_KEY
-from tokenrelay.metrics import live_workers, render
-from tokenrelay.store.queue import QUEUE_NAME
+from tokenrelay.metrics import render
 
 router = APIRouter(tags=["ops"])
 
@@ -19,10 +17,8 @@ async def readyz(request: Request) -> JSONBody:
     """Ready when Redis answers and at least one worker sent a heartbeat lately; else 503."""
     r: Relay = request.app.state.relay
     try:
-        await r.redis.ping()
-        if r.queue is not r.redis:
-            await r.queue.ping()
-        workers = await live_workers(r.queue)
+        await r.jobs.ping()
+        workers = await r.job_queue.workers_alive()
     except (RedisError, OSError):
         return JSONBody(
             {
@@ -56,15 +52,11 @@ async def readyz(request: Request) -> JSONBody:
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of the whole deployment (shared through Redis) and this process."""
     r: Relay = request.app.state.relay
-    async with r.queue.pipeline(transaction=False) as pipe:
-        pipe.hgetall(METRICS_KEY)
-        pipe.zcard(QUEUE_NAME)
-        pipe.zcard(LEASES_KEY)
-        raw, queued, running = await pipe.execute()
+    raw, queued, running, workers = await r.job_queue.snapshot()
     gauges = {
         "queue_depth": float(queued),
         "running_jobs": float(running),
-        "workers_alive": float(await live_workers(r.queue)),
+        "workers_alive": float(workers),
         "active_streams": float(r.hub.streams),
         "listeners": float(r.hub.listeners),
         "jobs_reaped": float(r.reaper.reaped),

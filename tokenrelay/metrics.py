@@ -65,10 +65,6 @@ async def heartbeat(redis: Redis, worker_id: str) -> None:
         await pipe.execute()
 
 
-async def live_workers(redis: Redis) -> int:
-    return int(await redis.zcount(WORKERS_KEY, time.time() - WORKER_ALIVE_S, "+inf"))
-
-
 def _histogram(
     name: str,
     doc: str,

@@ -3,6 +3,7 @@ ended atomically (Lua), and the records a submit writes."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -51,6 +52,22 @@ def parse_claim(reply: Sequence[Any]) -> Claim | str:
         model=model.decode() or None,
         cancel_requested=bool(cancel),
     )
+
+
+SUMMARY_FIELDS = (
+    "id",
+    "status",
+    "upstream",
+    "model",
+    "created_at",
+    "finished_at",
+    "finish_reason",
+    "last_event_id",
+    "tenant",
+)
+
+Position = tuple[int, bytes | None]
+"""Where a page ends: jobs strictly older than (score, id); id None means all of that ms too."""
 
 
 def add_job_records(pipe: Any, job_id: str, fields: dict[str, str], ttl_s: int) -> None:
@@ -137,8 +154,77 @@ class JobStore:
 
     # -- reading ---------------------------------------------------------------------------
 
+    async def ping(self) -> None:
+        """Raise unless the streams Redis answers."""
+        await self.redis.ping()
+
+    async def cancel(self, job_id: str, now: str) -> bool:
+        """Cancel a job: a queued one ends at once with ``end`` ``cancelled`` (True); a running
+        one is flagged ``cancel_requested`` for its worker (False: signal the workers too)."""
+        if await self.finish_queued(job_id, now, {"finish_reason": "cancelled"}):
+            return True
+        await cast("Awaitable[int]", self.redis.hset(job_key(job_id), "cancel_requested", "1"))
+        return False
+
     async def require_job(self, job_id: str) -> dict[str, str]:
         raw = await cast("Awaitable[dict[bytes, bytes]]", self.redis.hgetall(job_key(job_id)))
         if not raw:
             raise JobNotFound(job_id)
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def recent(
+        self, tenant: str, position: Position | None, limit: int
+    ) -> tuple[list[tuple[dict[str, str], int]], bool]:
+        """Up to ``limit`` live jobs older than ``position`` and whether more remain.
+
+        Reads the index a slice at a time and each slice's status hashes in one pipeline; a slice
+        comes up short only when jobs in it expired, which the index then forgets.
+        """
+        key = recent_jobs_key(tenant)
+        rows: list[tuple[dict[str, str], int]] = []
+        while True:
+            want = limit + 1 - len(rows)  # one more than asked: tells whether there is more
+            slice_ = await _index_slice(self.redis, key, position, want)
+            if not slice_:
+                break
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id, _ in slice_:
+                    pipe.hmget(job_key(job_id.decode()), list(SUMMARY_FIELDS))
+                hashes: list[list[bytes | None]] = await pipe.execute()
+            gone: list[bytes] = []
+            for (job_id, score), values in zip(slice_, hashes, strict=True):
+                fields = {n: v.decode() for n, v in zip(SUMMARY_FIELDS, values, strict=True) if v}
+                fields["id"] = job_id.decode()
+                if "status" not in fields:
+                    gone.append(job_id)  # expired: the index outlives the job's keys
+                elif secrets.compare_digest(fields.get("tenant", ""), tenant):
+                    rows.append((fields, score))
+            if gone:
+                await self.redis.zrem(key, *gone)
+            if len(rows) > limit or len(slice_) < want:
+                break
+            position = (slice_[-1][1], slice_[-1][0])
+        return rows[:limit], len(rows) > limit
+
+
+async def _index_slice(
+    redis: Streams, key: str, position: Position | None, count: int
+) -> list[tuple[bytes, int]]:
+    """Up to ``count`` (id, score) of the index strictly after ``position``, newest first."""
+    if position is None:
+        entries = await redis.zrevrangebyscore(key, "+inf", "-inf", 0, count, withscores=True)
+        return _scored(entries)
+    score, after_id = position
+    if after_id is None:
+        entries = await redis.zrevrangebyscore(key, f"({score}", "-inf", 0, count, withscores=True)
+        return _scored(entries)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrangebyscore(key, score, score)  # the same millisecond: few, read them all
+        pipe.zrevrangebyscore(key, f"({score}", "-inf", 0, count, withscores=True)
+        same_ms, older = await pipe.execute()
+    ties = sorted((m for m in same_ms if m < after_id), reverse=True)
+    return ([(m, score) for m in ties] + _scored(older))[:count]
+
+
+def _scored(entries: Sequence[tuple[bytes, float]]) -> list[tuple[bytes, int]]:
+    return [(member, int(score)) for member, score in entries]

@@ -46,12 +46,17 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tokenrelay.keys import (
+    CANCEL_CHANNEL,
     JOB_FUNCTION,
     LEASES_KEY,
+    METRICS_KEY,
     WAKE_CHANNEL,
+    WORKERS_KEY,
     job_key,
     job_keys,
+    rate_key,
 )
+from tokenrelay.metrics import WORKER_ALIVE_S
 from tokenrelay.resilience import retrying
 from tokenrelay.settings import Settings
 from tokenrelay.store.connections import Streams, eval_many, is_cluster, script
@@ -264,6 +269,38 @@ class JobQueue:
 
     async def depth(self) -> int:
         return int(await self.redis.zcard(QUEUE_NAME))
+
+    async def admission(self, tenant: str, *, count: bool) -> tuple[int, int]:
+        """The queue's depth and, when ``count``, this minute's submits by ``tenant`` counting
+        this one (else 0); one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(QUEUE_NAME)
+            if count:
+                rate = rate_key(tenant, int(time.time() // 60))
+                pipe.incr(rate)
+                pipe.expire(rate, 120)
+            replies = await pipe.execute()
+        return int(replies[0]), int(replies[1]) if count else 0
+
+    async def signal_cancel(self, job_id: str) -> None:
+        """Tell every worker to stop the job if it runs there (its next write reply says so
+        too, should the message be lost)."""
+        await self.redis.publish(CANCEL_CHANNEL, job_id.encode())
+
+    async def snapshot(self) -> tuple[dict[bytes, bytes], int, int, int]:
+        """For ``/metrics``: the shared metrics hash, queued jobs, leased (running) jobs, and
+        workers alive, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(METRICS_KEY)
+            pipe.zcard(QUEUE_NAME)
+            pipe.zcard(LEASES_KEY)
+            pipe.zcount(WORKERS_KEY, time.time() - WORKER_ALIVE_S, "+inf")
+            raw, queued, running, workers = await pipe.execute()
+        return raw, int(queued), int(running), int(workers)
+
+    async def workers_alive(self) -> int:
+        """Workers that sent a heartbeat lately (``/readyz`` wants one); raises on no Redis."""
+        return int(await self.redis.zcount(WORKERS_KEY, time.time() - WORKER_ALIVE_S, "+inf"))
 
 
 # --- the worker -------------------------------------------------------------------------------
