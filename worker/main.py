@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from arq.connections import RedisSettings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -132,19 +130,5 @@ def create_worker(settings: Settings) -> QueueWorker:
         await services.aclose()
         log.info("worker_stopped")
 
-    worker = QueueWorker(
-        run,
-        redis_settings=RedisSettings.from_dsn(settings.queue_dsn),
-        on_startup=on_startup,
-        on_shutdown=on_shutdown,
-        max_jobs=settings.max_jobs_per_worker,
-        # Our own deadline (job_timeout_s) ends the stream properly; arq's is a backstop.
-        job_timeout=settings.job_timeout_s + 60,
-        keep_result=0,
-        poll_delay=settings.queue_poll_s,
-        handle_signals=True,
-        # SIGTERM: take no new jobs, let running ones finish for this long, then stop the rest
-        # (their streams end with worker_lost rather than breaking off).
-        job_completion_wait=math.ceil(settings.shutdown_grace_s),
-    )
+    worker = QueueWorker.for_settings(run, settings, on_startup=on_startup, on_shutdown=on_shutdown)
     return worker

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
 import sys
 import threading
@@ -38,8 +37,9 @@ def _run_api(args: argparse.Namespace) -> None:
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
-    create_app = importlib.import_module("api.app").create_app
-    http_protocol = importlib.import_module("api.server").http_protocol
+    from api.app import create_app
+    from api.server import http_protocol
+
     uvicorn.run(
         create_app(settings),
         host=args.host,
@@ -61,7 +61,9 @@ def _run_worker(args: argparse.Namespace) -> None:
         asyncio.set_event_loop(uvloop.new_event_loop())
     except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
         asyncio.set_event_loop(asyncio.new_event_loop())
-    worker = importlib.import_module("worker.main").create_worker(settings)
+    from worker.main import create_worker
+
+    worker = create_worker(settings)
     worker.run()
 
 

@@ -4,13 +4,13 @@ ended atomically (Lua), and the records a submit writes."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
 import orjson
-from arq.utils import timestamp_ms
 
 from tokenrelay.errors import JobNotFound
 from tokenrelay.keys import RECENT_JOBS_KEPT, job_key, job_keys, recent_jobs_key, text_key
@@ -72,7 +72,7 @@ Position = tuple[int, bytes | None]
 
 def add_job_records(pipe: Any, job_id: str, fields: dict[str, str], ttl_s: int) -> None:
     """The job's status hash and its place in the tenant's recent jobs (streams Redis)."""
-    now = timestamp_ms()
+    now = int(time.time() * 1000)
     pipe.hset(job_key(job_id), mapping=fields)
     pipe.expire(job_key(job_id), ttl_s)
     recent = recent_jobs_key(fields["tenant"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import time
@@ -335,6 +336,32 @@ class QueueWorker(Worker):
         self._work = asyncio.Event()
         self._hints: list[str] = []
         self._unsure: dict[str, str] = {}  # job -> owner of a take whose reply never came
+
+    @classmethod
+    def for_settings(
+        cls,
+        run: Callable[[Taken], Coroutine[Any, Any, None]],
+        settings: Settings,
+        *,
+        on_startup: Callable[[dict[Any, Any]], Coroutine[Any, Any, None]],
+        on_shutdown: Callable[[dict[Any, Any]], Coroutine[Any, Any, None]],
+    ) -> QueueWorker:
+        """The worker of ``settings``: signals handled, at most ``max_jobs_per_worker`` jobs."""
+        return cls(
+            run,
+            redis_settings=RedisSettings.from_dsn(settings.queue_dsn),
+            on_startup=on_startup,
+            on_shutdown=on_shutdown,
+            max_jobs=settings.max_jobs_per_worker,
+            # Our own deadline (job_timeout_s) ends the stream properly; arq's is a backstop.
+            job_timeout=settings.job_timeout_s + 60,
+            keep_result=0,
+            poll_delay=settings.queue_poll_s,
+            handle_signals=True,
+            # SIGTERM: take no new jobs, let running ones finish for this long, then stop the
+            # rest (their streams end with worker_lost rather than breaking off).
+            job_completion_wait=math.ceil(settings.shutdown_grace_s),
+        )
 
     def attach(self, jobs: JobQueue, *, safety_ttl_s: int, take_retry_s: float) -> None:
         self.jobs = jobs
