@@ -55,7 +55,26 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class Leases:
+class _Background:
+    """A loop that runs beside a process's work from ``start()`` to ``aclose()``."""
+
+    _task: asyncio.Task[None] | None = None
+    _name = "tokenrelay-background"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._forever(), name=self._name)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _forever(self) -> None:
+        raise NotImplementedError
+
+
+class Leases(_Background):
     """Renews the leases of one worker process's jobs, and the upstream concurrency slots
     they hold (renewed with them, so a dead worker's slots lapse with its leases)."""
 
@@ -64,7 +83,7 @@ class Leases:
         self.redis = jobs.redis
         self.ttl_ms = jobs.lease_ttl_ms
         self._active = active
-        self._task: asyncio.Task[None] | None = None
+        self._name = "tokenrelay-leases"
         self._slot = script(jobs.redis, SLOT_LUA)
         self._slots: dict[str, tuple[str, int]] = {}  # job -> (upstream, limit)
 
@@ -92,16 +111,7 @@ class Leases:
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.zrem(slots_key(held[0]), job_id)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._renew_forever(), name="tokenrelay-leases")
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _renew_forever(self) -> None:
+    async def _forever(self) -> None:
         # At least three renewals a TTL, so one slow round trip never lets a lease lapse.
         interval = min(RENEW_INTERVAL_S, self.ttl_ms / 3000)
         while True:
@@ -118,7 +128,7 @@ class Leases:
                 log.warning("lease_renew_failed", error=type(exc).__name__, jobs=len(jobs))
 
 
-class Reaper:
+class Reaper(_Background):
     """Ends the jobs whose lease ran out, hands back those never claimed. Safe to run in many
     processes at once: every step is atomic and checks the state it acts on."""
 
@@ -132,21 +142,12 @@ class Reaper:
         self.grace_s = lease_ttl_s + RENEW_INTERVAL_S
         self.interval_s = min(REAP_INTERVAL_S, lease_ttl_s / 2)
         self._healthy_since: float | None = time.monotonic()
-        self._task: asyncio.Task[None] | None = None
+        self._name = "tokenrelay-reaper"
         self._rounds = 0
         self.reaped = 0
         self.requeued = 0
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._reap_forever(), name="tokenrelay-reaper")
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _reap_forever(self) -> None:
+    async def _forever(self) -> None:
         while True:
             # Jitter, so reapers in many processes do not all wake at once.
             await asyncio.sleep(self.interval_s * random.uniform(0.5, 1.0))
