@@ -40,7 +40,7 @@ import anyio
 import httpx
 import orjson
 
-from tokenrelay.upstreams._sse import ServerSentEvent, SSEDecoder
+from tokenrelay.sse import ServerSentEvent, SSEDecoder
 from tokenrelay.wire import TERMINAL_STATUSES, ErrorType, FinishReason, JobStatus
 
 __all__ = [

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tokenrelay.sse import ServerSentEvent, SSEDecoder, aiter_sse
 from tokenrelay.upstreams._lines import LineDecoder, aiter_lines
-from tokenrelay.upstreams._sse import ServerSentEvent, SSEDecoder, aiter_sse
 
 SETTINGS = settings(max_examples=200, deadline=None)
 

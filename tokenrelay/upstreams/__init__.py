@@ -1,7 +1,7 @@
 """Upstream adapters, one per wire format, and the factory that picks one for a config.
 
-The adapters are imported when an upstream is made, not with this package: the SDK uses the
-decoders here without paying for httpx-based adapters it never runs.
+The adapters are imported when an upstream is made, not with this package, so importing it
+costs nothing until an upstream is needed.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import httpx
 
 from tokenrelay.errors import UpstreamProtocol, UpstreamReportedError
 from tokenrelay.settings import UpstreamConfig
-from tokenrelay.upstreams._sse import ServerSentEvent, SSEDecoder
+from tokenrelay.sse import ServerSentEvent, SSEDecoder
 from tokenrelay.upstreams.base import (
     SHAPE_ERRORS,
     Chunk,

@@ -9,7 +9,7 @@ import httpx
 
 from tokenrelay.errors import UpstreamProtocol, UpstreamReportedError
 from tokenrelay.settings import UpstreamConfig
-from tokenrelay.upstreams._sse import aiter_sse
+from tokenrelay.sse import aiter_sse
 from tokenrelay.upstreams.base import (
     Chunk,
     Finish,

@@ -1,4 +1,8 @@
-"""Incremental, byte-exact Server-Sent Events decoder (WHATWG event stream interpretation)."""
+"""Incremental, byte-exact Server-Sent Events decoder (WHATWG event stream interpretation).
+
+Neutral core: the upstream adapters decode their endpoints' streams with it and the SDK decodes
+the API's; the standard library only.
+"""
 
 from __future__ import annotations
 
