@@ -32,7 +32,7 @@ from tokenrelay.errors import (
 from tokenrelay.keys import events_key, job_key, job_keys
 from tokenrelay.resilience import Backoff, is_transient
 from tokenrelay.store.connections import Streams, eval_many, is_cluster, script
-from tokenrelay.wire import ZERO_ID, EventId, EventType
+from tokenrelay.wire import EVENT_TYPES, ZERO_ID, EndEvent, Event, EventId, encode
 
 log = structlog.get_logger("tokenrelay.events")
 
@@ -44,6 +44,8 @@ CLAIM_LUA = (_LUA / "claim_fn.lua").read_text() + (
 FAIL_LUA = (_LUA / "fail.lua").read_text()
 FINISH_QUEUED_LUA = (_LUA / "finish_queued.lua").read_text()
 READ_JOB_LUA = (_LUA / "read_job.lua").read_text()
+
+_TYPES = {name: name.encode() for name in EVENT_TYPES}  # the stream's "t" field, encoded once
 
 MAX_EVENTS_PER_CALL = 512
 """A long batch is split so one Lua call never holds Redis for long."""
@@ -300,14 +302,10 @@ class JobStream:
         self._last: asyncio.Future[str] | None = None
 
     def publish(
-        self,
-        type_: EventType,
-        data: Mapping[str, Any],
-        *,
-        text: str = "",
-        fields: Mapping[str, str] | None = None,
+        self, event: Event, *, text: str = "", fields: Mapping[str, str] | None = None
     ) -> None:
-        """Queue one event (and status-hash fields to set with it); returns at once.
+        """Queue one event (its ``id`` is ignored: Redis assigns it), the ``text`` it adds to
+        the job's text, and status-hash fields to set with it; returns at once.
 
         Raises what an earlier write of this stream raised (``Fenced``, ``StoreUnavailable``,
         a permanent Redis error).
@@ -315,7 +313,7 @@ class JobStream:
         if self.failed is not None:
             raise self.failed
         batch = self._writer._batch(self.job_id, self.owner, self.seq)
-        batch.events.append((type_.encode(), orjson.dumps(dict(data)), text.encode()))
+        batch.events.append((_TYPES[event.type], encode(event), text.encode()))
         if fields:
             batch.fields.update(fields)
         self.seq += 1
@@ -327,13 +325,13 @@ class JobStream:
         if not done.cancelled() and done.exception() is not None and self.failed is None:
             self.failed = done.exception()
 
-    async def finish(self, data: Mapping[str, Any], fields: Mapping[str, str], ttl_s: int) -> str:
-        """Publish the ``end`` event with the final status fields and wait until all is written.
+    async def finish(self, end: EndEvent, fields: Mapping[str, str], ttl_s: int) -> str:
+        """Publish ``end`` with the final status fields and wait until all is written.
 
         Returns the id of the ``end`` event; raises what the writes raised (``Fenced`` if the
         job was taken from this attempt). The job's keys then expire after ``ttl_s``.
         """
-        self.publish("end", data, fields=fields)
+        self.publish(end, fields=fields)
         self._writer._open[self.job_id].final_ttl = ttl_s
         return await self.flush()
 
