@@ -1,20 +1,15 @@
-"""Hub: shared XREAD BLOCK readers (one per process, or one per shard on a Redis Cluster),
-fanning new events out to every listener.
-
-A listener first replays what it missed with XRANGE, then subscribes at its last event id. The
-hub tails each followed stream from a cursor and hands every listener each batch together with
-the cursor the batch started from; a listener whose last id is behind that cursor fills the gap
-itself with XRANGE before taking the batch. That one rule makes late joiners, slow listeners
-whose queue overflowed and reader restarts all exact: nothing lost, nothing repeated.
-"""
+"""The readers: blocking XREADs over the streams the hub follows, one per Redis node (one in
+all on a single server; one per shard on a cluster, where a cross-slot XREAD is refused), each
+handing what it reads to the hub (``Followed``). A job added while a read is blocked joins it
+at once (CLIENT UNBLOCK, checked); after MOVED or a lost node, jobs move to their new node's
+reader."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol, cast
 
 import structlog
 from redis.asyncio import Redis
@@ -26,16 +21,14 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tokenrelay.keys import events_key, job_of, shard_of, shard_tag
-from tokenrelay.store.connections import READER_BLOCK_S, is_cluster
-from tokenrelay.store.events import EventLog, StoredEvent
+from tokenrelay.store.connections import READER_BLOCK_S, Streams, is_cluster
+from tokenrelay.store.events import StoredEvent
 from tokenrelay.wire import EventId
 
 log = structlog.get_logger("tokenrelay.fanout")
 
 BLOCK_MS = int(READER_BLOCK_S * 1000)
 READ_COUNT = 1000
-MAX_QUEUED_BATCHES = 256
-"""A listener that falls this far behind drops its queue and catches up from Redis instead."""
 WAKE_PATIENCE_S = 0.5
 """How long a new job's waker tries CLIENT UNBLOCK before it resets the reader's connection."""
 RETRY_FIRST_S = 0.05
@@ -44,100 +37,25 @@ RETRY_MAX_S = 2.0
 works resets them."""
 
 
-class Batch:
-    """Events handed to listeners together. Listeners given the same batch share its wire
-    encoding: with a thousand listeners on a job, a batch is encoded once, not a thousand
-    times."""
+class Followed(Protocol):
+    """What the readers need of the hub."""
 
-    __slots__ = ("_encoded", "events")
+    def cursor(self, job_id: str) -> EventId | None:
+        """Where to read the job's stream from next; None once nobody follows it."""
 
-    def __init__(self, events: list[StoredEvent]) -> None:
-        self.events = events
-        self._encoded: dict[str, bytes] = {}
-
-    def encoded(self, fmt: str, render: Callable[[list[StoredEvent]], bytes]) -> bytes:
-        data = self._encoded.get(fmt)
-        if data is None:
-            data = self._encoded[fmt] = render(self.events)
-        return data
+    def deliver(self, job_id: str, start: EventId, events: list[StoredEvent]) -> None:
+        """The events a read found after ``start`` (the cursor it used)."""
 
 
-EMPTY = Batch([])
-
-
-class Subscription:
-    """One listener's view of a job's events after a given id. Use ``async with``."""
-
-    def __init__(self, hub: Hub, job_id: str, after: EventId) -> None:
-        self.hub = hub
-        self.job_id = job_id
-        self.last = after
-        self._queue: deque[tuple[EventId, Batch]] = deque()
-        self._ready = asyncio.Event()
-
-    async def __aenter__(self) -> Subscription:
-        self.hub._add(self)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.hub._remove(self)
-
-    def _push(self, start: EventId, batch: Batch) -> None:
-        if len(self._queue) >= MAX_QUEUED_BATCHES:
-            # Too slow to keep up: forget the backlog, remember only where it started.
-            # Readers never slow the hub or each other; this one refills from Redis.
-            first_start = self._queue[0][0]
-            self._queue.clear()
-            self._queue.append((first_start, EMPTY))
-        self._queue.append((start, batch))
-        self._ready.set()
-
-    async def next(self, idle_s: float) -> list[Batch] | None:
-        """The next events after ``last``, in order, as batches; None if nothing came within
-        ``idle_s``. Each event is handed out once."""
-        if not self._queue:
-            self._ready.clear()
-            try:
-                await asyncio.wait_for(self._ready.wait(), idle_s)
-            except TimeoutError:
-                return None
-        out: list[Batch] = []
-        while self._queue:
-            start, batch = self._queue.popleft()
-            if self.last < start:
-                filled = await self._fill(start)
-                if filled:
-                    out.append(Batch(filled))
-            events = batch.events
-            if events and EventId.parse(events[0].id) <= self.last:
-                events = [event for event in events if EventId.parse(event.id) > self.last]
-                batch = Batch(events)  # a part: its own encoding
-            if events:
-                out.append(batch)
-                self.last = EventId.parse(events[-1].id)
-        return out
-
-    async def _fill(self, upto: EventId) -> list[StoredEvent]:
-        filled: list[StoredEvent] = []
-        while self.last < upto:
-            chunk = await self.hub.log.read(self.job_id, self.last, count=READ_COUNT)
-            chunk = [event for event in chunk if EventId.parse(event.id) <= upto]
-            if not chunk:
-                break
-            filled += chunk
-            self.last = EventId.parse(chunk[-1].id)
-        return filled
-
-
-class _NodeReader:
+class NodeReader:
     """One blocking XREAD loop over the followed streams that live on one Redis node.
 
     A job added while a read is blocked joins the next read: ``add`` interrupts the blocked one
     with CLIENT UNBLOCK sent over a second connection, and makes sure it worked (see ``_wake``).
     """
 
-    def __init__(self, hub: Hub, node: str, reader: Redis, control: Redis) -> None:
-        self.hub = hub
+    def __init__(self, readers: Readers, node: str, reader: Redis, control: Redis) -> None:
+        self.readers = readers
         self.node = node
         self.jobs: set[str] = set()
         self._reader = reader  # kept blocked in XREAD: a connection of its own
@@ -172,8 +90,8 @@ class _NodeReader:
         reading = self._reading
         if reading is None:
             return False
-        cursors = self.hub._cursors
-        return any(job not in reading and job in cursors for job in self.jobs)
+        followed = self.readers.followed
+        return any(job not in reading and followed.cursor(job) is not None for job in self.jobs)
 
     async def _wake(self) -> None:
         """Interrupt the read in flight until a read that covers every followed job has begun.
@@ -241,12 +159,12 @@ class _NodeReader:
                 # MOVED / ASK / CLUSTERDOWN: the slots moved (resharding, failover).
                 self._client_id = None
                 log.warning("hub_reader_moved", node=self.node, error=str(exc)[:120])
-                await self.hub._reroute(self)
+                await self.readers.reroute(self)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self._client_id = None
                 log.warning("hub_reader_retry", node=self.node, error=type(exc).__name__)
-                if self.hub.cluster:
-                    await self.hub._reroute(self)
+                if self.readers.cluster:
+                    await self.readers.reroute(self)
             except Exception as exc:
                 # Never die: every listener of these streams depends on this task.
                 self._client_id = None
@@ -262,14 +180,15 @@ class _NodeReader:
         while True:
             if self._client_id is None:
                 self._client_id = int(await self._reader.client_id())
-            cursors = self.hub._cursors
-            self.jobs = {job for job in self.jobs if job in cursors}
+            followed = self.readers.followed
+            cursors = {job: followed.cursor(job) for job in self.jobs}
+            used = {job: cursor for job, cursor in cursors.items() if cursor is not None}
+            self.jobs = set(used)
             if not self.jobs:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
             self._changed.clear()
-            used = {job: cursors[job] for job in self.jobs}
             streams: dict[Any, Any] = {events_key(job): str(cur) for job, cur in used.items()}
             # A task of its own, so a waker can cancel the read without cancelling the loop.
             self._read = asyncio.ensure_future(
@@ -294,59 +213,63 @@ class _NodeReader:
             self._delay = RETRY_FIRST_S
             for key, entries in reply or []:
                 job_id = job_of(key.decode())
-                self.hub._deliver(job_id, used[job_id], entries)
+                events = [StoredEvent(i.decode(), f[b"t"].decode(), f[b"d"]) for i, f in entries]
+                followed.deliver(job_id, used[job_id], events)
 
 
-class Hub:
-    """Follows every stream some listener of this process is on: one blocking reader per
-    Redis node (one in all, without a cluster; a cross-slot XREAD is not allowed in one)."""
+class Readers(Mapping[str, NodeReader]):
+    """The node readers of one hub, by node name; routes each followed job to the reader of
+    the node holding its stream."""
 
-    def __init__(self, log_: EventLog, connect: Callable[[ClusterNode | None], Redis]) -> None:
+    def __init__(
+        self, redis: Streams, connect: Callable[[ClusterNode | None], Redis], followed: Followed
+    ) -> None:
         """``connect(node)`` makes a plain client of the node (``None``: the single server)."""
-        self.log = log_
-        self.cluster = is_cluster(log_.redis)
+        self.redis = redis
+        self.cluster = is_cluster(redis)
+        self.followed = followed
         self._connect = connect
-        self._subs: dict[str, set[Subscription]] = {}
-        self._cursors: dict[str, EventId] = {}
-        self._readers: dict[str, _NodeReader] = {}
+        self._readers: dict[str, NodeReader] = {}
         self._topology_lock = asyncio.Lock()
         self._topology_at = 0.0
 
-    def subscribe(self, job_id: str, after: EventId) -> Subscription:
-        return Subscription(self, job_id, after)
+    def __getitem__(self, node: str) -> NodeReader:
+        return self._readers[node]
 
-    @property
-    def streams(self) -> int:
-        """Jobs this process follows now."""
-        return len(self._cursors)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._readers)
 
-    @property
-    def listeners(self) -> int:
-        return sum(len(subs) for subs in self._subs.values())
+    def __len__(self) -> int:
+        return len(self._readers)
+
+    def follow(self, job_id: str) -> None:
+        """Read the job's stream from its cursor on, from the next read of its node's reader
+        (interrupting a blocked one). Raises ``RedisError`` when no cluster node holds it."""
+        self._reader_for(job_id).add(job_id)
 
     async def aclose(self) -> None:
         readers, self._readers = list(self._readers.values()), {}
         for reader in readers:
             await reader.aclose()
 
-    def _reader_for(self, job_id: str) -> _NodeReader:
+    def _reader_for(self, job_id: str) -> NodeReader:
         """The reader of the job's shard (cluster: a cross-slot XREAD is refused, even on one
         node), or the one reader of a single server."""
         node: ClusterNode | None = None
         name = "single"
         if self.cluster:
             shard = shard_of(job_id)
-            found = cast(RedisCluster, self.log.redis).get_node_from_key(shard_tag(shard))
+            found = cast(RedisCluster, self.redis).get_node_from_key(shard_tag(shard))
             if found is None:
                 raise RedisError(f"no cluster node holds shard {shard}")
             node, name = found, f"s{shard}@{found.name}"
         reader = self._readers.get(name)
         if reader is None:
-            reader = _NodeReader(self, name, self._connect(node), self._connect(node))
+            reader = NodeReader(self, name, self._connect(node), self._connect(node))
             self._readers[name] = reader
         return reader
 
-    async def _reroute(self, reader: _NodeReader) -> None:
+    async def reroute(self, reader: NodeReader) -> None:
         """After MOVED or a lost node: learn the slots again (at most once a second), then
         hand each of the reader's jobs to the reader of its shard's current node."""
         if not self.cluster:
@@ -355,45 +278,12 @@ class Hub:
             loop = asyncio.get_running_loop()
             if loop.time() - self._topology_at > 1.0:
                 with contextlib.suppress(RedisError, OSError):
-                    await cast(RedisCluster, self.log.redis).nodes_manager.initialize()
+                    await cast(RedisCluster, self.redis).nodes_manager.initialize()
                 self._topology_at = loop.time()
         moved, reader.jobs = reader.jobs, set()
         if self._readers.get(reader.node) is reader:
             del self._readers[reader.node]
             asyncio.get_running_loop().create_task(reader.aclose())
         for job_id in moved:
-            if job_id in self._cursors:
+            if self.followed.cursor(job_id) is not None:
                 self._reader_for(job_id).add(job_id)
-
-    def _add(self, sub: Subscription) -> None:
-        subs = self._subs.setdefault(sub.job_id, set())
-        subs.add(sub)
-        cursor = self._cursors.get(sub.job_id)
-        if cursor is None:
-            self._cursors[sub.job_id] = sub.last
-            self._reader_for(sub.job_id).add(sub.job_id)
-        elif sub.last < cursor:
-            # Events up to the cursor were handed out before this listener came: fetch them.
-            sub._push(cursor, EMPTY)
-
-    def _remove(self, sub: Subscription) -> None:
-        subs = self._subs.get(sub.job_id)
-        if subs is None:
-            return
-        subs.discard(sub)
-        if not subs:
-            del self._subs[sub.job_id]
-            self._cursors.pop(sub.job_id, None)
-
-    def _deliver(
-        self, job_id: str, start: EventId, entries: list[tuple[bytes, dict[bytes, bytes]]]
-    ) -> None:
-        """Hand listeners the events read after ``start`` (the cursor this read used)."""
-        current = self._cursors.get(job_id)
-        if current is None or not entries:  # nobody follows it any more
-            return
-        events = [StoredEvent(eid.decode(), f[b"t"].decode(), f[b"d"]) for eid, f in entries]
-        self._cursors[job_id] = max(current, EventId.parse(events[-1].id))
-        batch = Batch(events)
-        for sub in self._subs.get(job_id, ()):
-            sub._push(start, batch)
