@@ -12,11 +12,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tokenrelay
 from api import errors
+from api.compat.ollama import router as ollama_router
+from api.compat.openai import router as openai_router
 from api.errors import error_response, headers_too_large
 from api.jobs import router
 from api.listing import router as listing_router
-from api.ollama_compat import router as ollama_router
-from api.openai_compat import router as openai_router
 from api.ops import router as ops_router
 from api.state import Relay
 from tokenrelay.settings import Settings

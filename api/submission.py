@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -16,6 +15,7 @@ from api.errors import ApiError
 from api.schemas import JobRequest
 from api.state import Relay
 from tokenrelay.errors import quoted
+from tokenrelay.wire import now_rfc3339
 
 log = structlog.get_logger("tokenrelay.api")
 
@@ -26,7 +26,6 @@ class Submitted:
 
     id: str
     created_at: str  # RFC 3339, as stored
-    created: int  # the same instant in Unix seconds
     upstream: str
     model: str | None
 
@@ -87,8 +86,7 @@ async def submit(
     except orjson.JSONEncodeError as exc:
         raise ApiError(422, f"the request holds a value that cannot be stored: {exc}") from None
     job_id = job_id or new_job_id()
-    created = datetime.now(UTC)
-    created_at = created.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    created_at = now_rfc3339()
     fields = {
         **encoded,
         "id": job_id,
@@ -106,4 +104,4 @@ async def submit(
     log.info(
         "job_submitted", job_id=job_id, upstream=upstream_name, has_tools=bool(body.tools), via=via
     )
-    return Submitted(job_id, created_at, int(created.timestamp()), upstream_name, model)
+    return Submitted(job_id, created_at, upstream_name, model)
