@@ -15,7 +15,7 @@ from api.errors import ApiError
 from api.schemas import JobRequest
 from api.state import Relay
 from tokenrelay.errors import quoted
-from tokenrelay.wire import now_rfc3339
+from tokenrelay.wire import JobRecord, now_rfc3339
 
 log = structlog.get_logger("tokenrelay.api")
 
@@ -78,26 +78,23 @@ async def submit(
 
     request_json = body.model_dump(mode="json", exclude_none=True, exclude={"metadata", "upstream"})
     request_json["model"] = model
+    job_id = job_id or new_job_id()
+    record = JobRecord(
+        id=job_id,
+        status="queued",
+        upstream=upstream_name,
+        model=model,
+        tenant=tenant,
+        created_at=now_rfc3339(),
+        request=request_json,
+        metadata=body.metadata,
+        extra=extra_fields or {},
+    )
     try:
-        extra = (extra_fields or {}).items()
-        encoded = {name: orjson.dumps(value).decode() for name, value in extra}
-        encoded["request"] = orjson.dumps(request_json).decode()
-        encoded["metadata"] = orjson.dumps(body.metadata).decode()
+        fields = record.to_hash()
     except orjson.JSONEncodeError as exc:
         raise ApiError(422, f"the request holds a value that cannot be stored: {exc}") from None
-    job_id = job_id or new_job_id()
-    created_at = now_rfc3339()
-    fields = {
-        **encoded,
-        "id": job_id,
-        "status": "queued",
-        "upstream": upstream_name,
-        "model": model or "",
-        "created_at": created_at,
-        "tenant": tenant,
-        "attempt": "0",
-        "nevents": "0",
-    }
+    created_at = record.created_at
     await r.job_queue.submit(
         job_id, fields, ttl_s=r.settings.unfinished_ttl_s, on_enqueue=on_enqueue
     )

@@ -152,10 +152,11 @@ def _follow(client: Client, job_id: str, after: str | None) -> int:
         ToolCallEvent,
         UsageEvent,
     )
+    from tokenrelay.wire import ToolCall, merge_tool_call
 
     spinner = _Spinner(sys.stderr)
     last_id, end, usage, ends_in_newline = after, None, None, True
-    calls: dict[int, list[str]] = {}
+    calls: dict[int, ToolCall] = {}
     events = client.stream(job_id, after)
     try:
         for event in events:
@@ -166,9 +167,7 @@ def _follow(client: Client, job_id: str, after: str | None) -> int:
                 _write(event.text)
                 ends_in_newline = event.text.endswith("\n")
             elif isinstance(event, ToolCallEvent):
-                call = calls.setdefault(event.index, ["", ""])
-                call[0] += event.name or ""
-                call[1] += event.arguments
+                merge_tool_call(calls, event)
             elif isinstance(event, UsageEvent):
                 usage = event
             elif isinstance(event, ErrorEvent):
@@ -185,8 +184,8 @@ def _follow(client: Client, job_id: str, after: str | None) -> int:
         spinner.stop()
     if sys.stdout.isatty() and not ends_in_newline:
         _write("\n")
-    for name, arguments in calls.values():
-        _say(f"tool call: {name}({arguments})")
+    for call in calls.values():
+        _say(f"tool call: {call.name or ''}({call.arguments})")
     finish_reason: str | None = None if end is None else end.finish_reason
     summary: Usage | UsageEvent | None = usage
     if summary is None or finish_reason is None:
