@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.support.system import ROOT
 
 
 def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:

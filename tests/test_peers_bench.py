@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.system import ROOT
 
 FIGURES = (
     "fan-out: listeners x deltas/s",

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 
-from tests.conftest import RelaySystem, free_port, relay_system, with_db
+from tests.support.servers import RedisDatabases
+from tests.support.system import RelaySystem, relay_system
 from tokenrelay.cli.dev import LOCAL_MODEL, local_model_missing, smollm2_path
+from tokenrelay.processes import Group, free_port, http_ok
 
 
 @pytest.fixture(scope="session")
@@ -23,36 +20,20 @@ def local_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     missing = local_model_missing()
     assert missing is None, f"the e2e tests need the local model: {missing} (make install)"
     port = free_port()
-    log_path = tmp_path_factory.mktemp("model") / "model.log"
     args = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path())]
     args += ["--host", "127.0.0.1", "--port", str(port), "--model_alias", LOCAL_MODEL]
     args += ["--n_ctx", "2048"]
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                    break
-            assert proc.poll() is None, Path(log_path).read_text()[-3000:]
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("llama.cpp's server did not start in 180 s")
+    log = tmp_path_factory.mktemp("model") / "model.log"
+    with Group() as group:
+        model = group.start("model", args, log=log)
+        model.wait_ready(lambda: http_ok(f"{base}/models", timeout_s=1), timeout_s=180, poll_s=0.2)
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture(scope="session")
 def model_system(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, local_model: str
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDatabases, local_model: str
 ) -> Iterator[RelaySystem]:
     """An API and a worker whose one upstream, ``local``, is the real model."""
     upstreams = {"local": {"kind": "openai", "base_url": local_model, "default_model": LOCAL_MODEL}}
@@ -60,5 +41,6 @@ def model_system(
         "TOKENRELAY_UPSTREAMS": orjson.dumps(upstreams).decode(),
         "TOKENRELAY_KEEPALIVE_S": "1",
     }
-    with relay_system(tmp_path_factory.mktemp("model_system"), with_db(redis_url, 5), env) as s:
+    workdir = tmp_path_factory.mktemp("model_system")
+    with redis_dbs.database() as url, relay_system(workdir, url, env) as s:
         yield s

@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import RelaySystem
+from tests.support.system import RelaySystem
 
 pytestmark = pytest.mark.e2e
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,13 +12,16 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import ROOT, free_port
 from tests.integration.helpers import parse_sse
+from tests.support.system import ROOT
+from tokenrelay.processes import free_port, start
 
 pytestmark = pytest.mark.e2e
 
 
 class Dev:
+    """A ``tokenrelay dev`` process; ``proc`` is its child (``send_signal``, ``wait``, ``kill``)."""
+
     def __init__(self, home: Path) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -28,23 +29,11 @@ class Dev:
         env["XDG_DATA_HOME"] = str(home)
         self.log = home.parent / f"dev-{self.port}.log"
         home.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tokenrelay.cli", "dev", "--port", str(self.port)],
-                env=env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        args = [sys.executable, "-m", "tokenrelay.cli", "dev", "--port", str(self.port)]
+        self.proc = start("dev", args, log=self.log, env=env, cwd=ROOT)
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            if "ready." in self.log.read_text():
-                return
-            assert self.proc.poll() is None, self.log.read_text()
-            time.sleep(0.2)
-        raise AssertionError(f"dev did not get ready:\n{self.log.read_text()}")
+        self.proc.wait_ready(lambda: "ready." in self.log.read_text(), timeout_s=240, poll_s=0.2)
 
     def tree(self) -> list[psutil.Process]:
         return psutil.Process(self.proc.pid).children(recursive=True)
@@ -99,7 +88,7 @@ def test_dev_runs_everything_and_ctrl_c_leaves_nothing_behind(dev_home: Path) ->
             again.proc.wait(60)
     finally:
         if dev.proc.poll() is None:
-            dev.proc.kill()
+            dev.proc.send_signal(signal.SIGKILL)
 
 
 def test_dev_killed_outright_takes_its_children_with_it(dev_home: Path) -> None:

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.conftest import RelaySystem
 from tests.integration.helpers import Ev, assert_well_formed, collect, parse_sse, texts
+from tests.support.system import RelaySystem
 
 pytestmark = pytest.mark.e2e
 

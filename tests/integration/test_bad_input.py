@@ -19,8 +19,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import RelaySystem, relay_system, system_env, with_db
 from tests.integration.helpers import assert_well_formed, collect, submit, texts
+from tests.support.servers import RedisDatabases
+from tests.support.system import RelaySystem, relay_system, system_env
 from tests.upstream_server import UpstreamServer
 
 TYPES = {
@@ -579,12 +580,12 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def keyed(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, upstream: UpstreamServer
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDatabases, upstream: UpstreamServer
 ) -> Iterator[RelaySystem]:
-    """An API with keys ``key-a`` and ``key-b`` and no worker, on database 10."""
+    """An API with keys ``key-a`` and ``key-b`` and no worker, on a database of its own."""
     env = system_env(upstream, TOKENRELAY_API_KEYS="key-a,key-b")
     workdir: Path = tmp_path_factory.mktemp("bad_input_keyed")
-    with relay_system(workdir, with_db(redis_url, 10), env, workers=0) as system:
+    with redis_dbs.database() as url, relay_system(workdir, url, env, workers=0) as system:
         yield system
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RelaySystem
 from tests.integration.helpers import collect, submit
+from tests.support.system import RelaySystem
 
 SMALL = 1024  # bytes: every error answer here must be smaller
 LIMIT = 16384  # TOKENRELAY_MAX_HEADER_BYTES, its default

@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import redis.asyncio as aioredis
 
-from tests.conftest import RedisServer, relay_system, system_env
 from tests.integration.helpers import Ev, assert_well_formed, collect, parse_sse, submit, texts
+from tests.support.servers import RedisServer
+from tests.support.system import relay_system, system_env
 from tests.upstream_server import Scenario, UpstreamServer
 from tokenrelay.keys import LEASES_KEY, job_key
 from tokenrelay.store.queue import QUEUE_NAME

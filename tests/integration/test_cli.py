@@ -12,7 +12,7 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import ROOT, RelaySystem
+from tests.support.system import ROOT, RelaySystem
 from tests.upstream_server import SCENARIOS, Scenario, UpstreamServer
 
 HELLO = "".join(SCENARIOS["hello"].pieces)

@@ -11,8 +11,8 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.conftest import RelaySystem, free_port
 from tests.integration.helpers import collect
+from tests.support.system import RelaySystem
 from tests.upstream_server import SCENARIOS, Scenario, UpstreamServer
 from tokenrelay.client import (
     APIConnectionError,
@@ -31,6 +31,7 @@ from tokenrelay.client import (
     UnprocessableEntityError,
     UsageEvent,
 )
+from tokenrelay.processes import free_port
 
 HELLO = "".join(SCENARIOS["hello"].pieces)
 SECRET_KEY = "sk-client-secret-never-shown"  # auth is off on `system`: the API ignores it

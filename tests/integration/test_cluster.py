@@ -15,14 +15,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import (
-    RedisClusterServers,
-    RelaySystem,
-    relay_system,
-    upstreams_env,
-    with_db,
-)
 from tests.integration.helpers import Ev, assert_well_formed, collect, parse_sse, submit, texts
+from tests.support.servers import RedisClusterServers
+from tests.support.system import RelaySystem, relay_system, upstreams_env
 from tests.upstream_server import Scenario, UpstreamServer
 from tokenrelay.keys import events_key
 
@@ -42,11 +37,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterSe
 
 @pytest.fixture
 def two_of_each(
-    tmp_path: Path, redis_url: str, upstream: UpstreamServer, cluster: RedisClusterServers
+    tmp_path: Path, redis_db: str, upstream: UpstreamServer, cluster: RedisClusterServers
 ) -> Iterator[tuple[RelaySystem, RelaySystem]]:
     upstreams = upstreams_env(upstream)
     upstreams["limited"] = {**upstreams["openai"], "max_concurrency": 2}
-    queue = with_db(redis_url, 15)
+    queue = redis_db
     env = {
         "TOKENRELAY_UPSTREAMS": orjson.dumps(upstreams).decode(),
         "TOKENRELAY_DEFAULT_UPSTREAM": "openai",

@@ -12,7 +12,6 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import RelaySystem
 from tests.integration.helpers import (
     Ev,
     assert_well_formed,
@@ -21,6 +20,7 @@ from tests.integration.helpers import (
     submit,
     texts,
 )
+from tests.support.system import RelaySystem
 from tests.upstream_server import SCENARIOS, Scenario, UpstreamServer
 from tokenrelay.keys import events_key
 

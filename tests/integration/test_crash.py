@@ -12,7 +12,6 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import RedisServer, RelaySystem, relay_system, system_env
 from tests.integration.helpers import (
     assert_well_formed,
     collect,
@@ -21,17 +20,19 @@ from tests.integration.helpers import (
     texts,
     wait_status,
 )
+from tests.support.servers import RedisServer
+from tests.support.system import RelaySystem, relay_system, system_env
 from tests.upstream_server import Scenario, UpstreamServer
 
 LEASE_TTL_S = 2.0
 
 
 @pytest.fixture
-def crash_system(tmp_path: Path, redis_url: str, upstream: UpstreamServer) -> Iterator[RelaySystem]:
+def crash_system(tmp_path: Path, redis_db: str, upstream: UpstreamServer) -> Iterator[RelaySystem]:
     env = system_env(
         upstream, TOKENRELAY_LEASE_TTL_S=str(LEASE_TTL_S), TOKENRELAY_SHUTDOWN_GRACE_S="3"
     )
-    with relay_system(tmp_path, redis_url.rsplit("/", 1)[0] + "/8", env) as system:
+    with relay_system(tmp_path, redis_db, env) as system:
         yield system
 
 
@@ -145,11 +146,11 @@ async def test_redis_restart_loses_no_acknowledged_event(
 
 
 async def test_a_job_whose_worker_died_before_starting_it_runs_again(
-    tmp_path: Path, redis_url: str, upstream: UpstreamServer
+    tmp_path: Path, redis_db: str, upstream: UpstreamServer
 ) -> None:
     """The state a worker leaves when it dies between taking a job from arq's queue and
     starting it: arq's in-progress mark (an hour long) and an expired lease, status queued."""
-    url = redis_url.rsplit("/", 1)[0] + "/11"
+    url = redis_db
     env = system_env(upstream, TOKENRELAY_LEASE_TTL_S="2")
     with relay_system(tmp_path, url, env, workers=0) as system:
         async with httpx.AsyncClient(base_url=system.base_url, timeout=10) as c:

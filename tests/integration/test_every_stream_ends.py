@@ -19,10 +19,11 @@ from pathlib import Path
 import httpx
 import redis.asyncio as aioredis
 
-from tests.conftest import RedisServer, relay_system, system_env
 from tests.integration.helpers import Ev, assert_well_formed, collect, submit, texts, wait_status
 from tests.integration.test_fault_matrix import follow
 from tests.support.faultproxy import FaultProxy
+from tests.support.servers import RedisServer
+from tests.support.system import relay_system, system_env
 from tests.upstream_server import Scenario, UpstreamServer
 from tokenrelay.keys import LEASES_KEY
 from tokenrelay.store.queue import QUEUE_NAME, TAKE_LUA

@@ -26,10 +26,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import RedisServer, RelaySystem, relay_system, system_env
 from tests.integration.helpers import Ev, assert_well_formed, collect, parse_sse, submit, texts
 from tests.support.faultproxy import Action, Command, FaultProxy, Trigger
 from tests.support.report import MATRIX_ROWS
+from tests.support.servers import RedisServer
+from tests.support.system import RelaySystem, relay_system, system_env
 from tests.upstream_server import Scenario, UpstreamServer
 from tokenrelay.store.events import APPEND_LUA
 from tokenrelay.store.jobs import CLAIM_LUA

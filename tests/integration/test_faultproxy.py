@@ -17,10 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from tests.conftest import free_port, with_db
 from tests.support.faultproxy import CommandParser, FaultProxy, ReplyParser
-
-DB = 11
+from tests.support.servers import db_number
+from tokenrelay.processes import free_port
 
 
 async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
@@ -40,15 +39,21 @@ async def proxy(redis_url: str) -> AsyncIterator[FaultProxy]:
 
 
 @pytest.fixture
-async def direct(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(with_db(redis_url, DB))
+def db(redis_db: str) -> int:
+    """This test's database of the session server, which the proxy fronts."""
+    return db_number(redis_db)
+
+
+@pytest.fixture
+async def direct(redis_db: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_db)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-async def client(proxy: FaultProxy) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(proxy.url(DB), socket_timeout=2)
+async def client(proxy: FaultProxy, db: int) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(proxy.url(db), socket_timeout=2)
     yield client
     await client.aclose()
 
@@ -156,9 +161,9 @@ async def test_cut_all_resets_every_connection(
 
 
 async def test_lose_reply_applies_the_command_and_the_client_times_out(
-    proxy: FaultProxy, direct: aioredis.Redis, ns: str
+    proxy: FaultProxy, direct: aioredis.Redis, ns: str, db: int
 ) -> None:
-    client = aioredis.Redis.from_url(proxy.url(DB), socket_timeout=0.5)
+    client = aioredis.Redis.from_url(proxy.url(db), socket_timeout=0.5)
     try:
         async with asyncio.timeout(10):
             proxy.arm(lambda c: c.name == "SET" and c.mentions(f"{ns}k"), "lose_reply")
@@ -227,10 +232,10 @@ async def _equals(value: Awaitable[object], expected: object) -> bool:
 
 
 async def test_down_refuses_then_comes_back_on_the_same_port(
-    proxy: FaultProxy, client: aioredis.Redis, direct: aioredis.Redis, ns: str
+    proxy: FaultProxy, client: aioredis.Redis, direct: aioredis.Redis, ns: str, db: int
 ) -> None:
-    blocking = aioredis.Redis.from_url(proxy.url(DB))
-    fresh = aioredis.Redis.from_url(proxy.url(DB))
+    blocking = aioredis.Redis.from_url(proxy.url(db))
+    fresh = aioredis.Redis.from_url(proxy.url(db))
     try:
         async with asyncio.timeout(10):
             assert await client.ping()
@@ -255,9 +260,11 @@ async def test_down_refuses_then_comes_back_on_the_same_port(
         await fresh.aclose()
 
 
-async def test_retarget_sends_new_connections_elsewhere(proxy: FaultProxy, ns: str) -> None:
+async def test_retarget_sends_new_connections_elsewhere(
+    proxy: FaultProxy, ns: str, db: int
+) -> None:
     target = proxy.target_port
-    client = aioredis.Redis.from_url(proxy.url(DB), socket_timeout=2)
+    client = aioredis.Redis.from_url(proxy.url(db), socket_timeout=2)
     try:
         async with asyncio.timeout(10):
             proxy.retarget(free_port())  # nothing listens there
@@ -276,9 +283,9 @@ async def _blpop_waiting(direct: aioredis.Redis) -> bool:
 
 @pytest.mark.parametrize("protocol", [2, 3])
 async def test_drop_pushes_drops_exactly_the_messages_published_meanwhile(
-    proxy: FaultProxy, direct: aioredis.Redis, ns: str, protocol: int
+    proxy: FaultProxy, direct: aioredis.Redis, ns: str, protocol: int, db: int
 ) -> None:
-    client = aioredis.Redis.from_url(proxy.url(DB), socket_timeout=2, protocol=protocol)
+    client = aioredis.Redis.from_url(proxy.url(db), socket_timeout=2, protocol=protocol)
     try:
         async with asyncio.timeout(10), client.pubsub(ignore_subscribe_messages=True) as pubsub:
             await pubsub.subscribe(f"{ns}ch")

@@ -10,9 +10,11 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import RelaySystem, free_port, relay_system, upstreams_env, with_db
 from tests.integration.helpers import Ev, assert_well_formed, collect, submit, texts
+from tests.support.servers import RedisDatabases
+from tests.support.system import RelaySystem, relay_system, upstreams_env
 from tests.upstream_server import SCENARIOS, Scenario, UpstreamServer
+from tokenrelay.processes import free_port
 
 KINDS = ["openai", "ollama", "sse"]
 TIMEOUT_S = 1.0  # first-token and idle timeouts of this system's upstreams
@@ -21,7 +23,7 @@ ATTEMPTS = 3
 
 @pytest.fixture(scope="module")
 def fault_system(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, upstream: UpstreamServer
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDatabases, upstream: UpstreamServer
 ) -> Iterator[RelaySystem]:
     """Upstreams with short timeouts and three attempts, plus one nothing listens on."""
     upstreams = upstreams_env(upstream)
@@ -36,7 +38,7 @@ def fault_system(
         "TOKENRELAY_KEEPALIVE_S": "0.5",
     }
     workdir = tmp_path_factory.mktemp("faults")
-    with relay_system(workdir, with_db(redis_url, 4), env) as system:
+    with redis_dbs.database() as url, relay_system(workdir, url, env) as system:
         yield system
 
 

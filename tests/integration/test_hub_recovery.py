@@ -15,8 +15,9 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from tests.conftest import RedisServer, RelaySystem, relay_system, system_env
 from tests.integration.helpers import parse_sse, submit
+from tests.support.servers import RedisServer
+from tests.support.system import RelaySystem, relay_system, system_env
 from tests.upstream_server import Scenario, UpstreamServer
 from tokenrelay.fanout import Hub, Subscription
 from tokenrelay.keys import events_key

@@ -14,8 +14,9 @@ import redis.asyncio as aioredis
 
 from api.auth import ANONYMOUS
 from api.schemas import JobRequest
-from tests.conftest import RedisServer, RelaySystem, relay_system, system_env, with_db
 from tests.integration.helpers import submit
+from tests.support.servers import RedisDatabases, RedisServer
+from tests.support.system import RelaySystem, relay_system, system_env
 from tests.upstream_server import UpstreamServer
 from tokenrelay.store.idempotency import Held, IdempotencyStore, fingerprint
 
@@ -24,24 +25,22 @@ PAIRS = 30
 
 @pytest.fixture(scope="module")
 def plain(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, upstream: UpstreamServer
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDatabases, upstream: UpstreamServer
 ) -> Iterator[RelaySystem]:
-    """An API and a worker on database 3."""
-    with relay_system(
-        tmp_path_factory.mktemp("idem"), with_db(redis_url, 3), system_env(upstream)
-    ) as system:
+    """An API and a worker on a database of their own."""
+    workdir = tmp_path_factory.mktemp("idem")
+    with redis_dbs.database() as url, relay_system(workdir, url, system_env(upstream)) as system:
         yield system
 
 
 @pytest.fixture(scope="module")
 def limited(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, upstream: UpstreamServer
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDatabases, upstream: UpstreamServer
 ) -> Iterator[RelaySystem]:
-    """An API on database 7 that takes one job a minute from a key."""
+    """An API that takes one job a minute from a key."""
     env = system_env(upstream, TOKENRELAY_RATE_LIMIT_PER_MIN="1")
-    with relay_system(
-        tmp_path_factory.mktemp("idem_limited"), with_db(redis_url, 7), env, workers=0
-    ) as system:
+    workdir = tmp_path_factory.mktemp("idem_limited")
+    with redis_dbs.database() as url, relay_system(workdir, url, env, workers=0) as system:
         yield system
 
 
@@ -49,14 +48,13 @@ def limited(
 def split(
     tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer
 ) -> Iterator[RelaySystem]:
-    """An API whose queue (database 0) and streams (database 1) live apart, on a Valkey of its
-    own: the key must live where the enqueue's MULTI/EXEC runs, the queue."""
+    """An API whose queue and streams live apart (two databases of a Valkey of its own): the
+    key must live where the enqueue's MULTI/EXEC runs, the queue."""
     server = RedisServer(tmp_path_factory.mktemp("idem_split_valkey"))
     server.start()
+    databases = RedisDatabases(server.url)
     env = system_env(
-        upstream,
-        TOKENRELAY_QUEUE_URL=with_db(server.url, 0),
-        TOKENRELAY_STREAMS_URL=with_db(server.url, 1),
+        upstream, TOKENRELAY_QUEUE_URL=databases.take(), TOKENRELAY_STREAMS_URL=databases.take()
     )
     try:
         with relay_system(
@@ -159,8 +157,8 @@ async def test_concurrent_pairs_get_one_job_between_them(client: httpx.AsyncClie
 async def test_the_key_lives_on_the_queue_redis_when_the_streams_live_apart(
     split: RelaySystem,
 ) -> None:
-    queue = aioredis.Redis.from_url(with_db(split.redis_url, 0))
-    streams = aioredis.Redis.from_url(with_db(split.redis_url, 1))
+    queue = aioredis.Redis.from_url(split.env["TOKENRELAY_QUEUE_URL"])
+    streams = aioredis.Redis.from_url(split.env["TOKENRELAY_STREAMS_URL"])
     async with httpx.AsyncClient(base_url=split.base_url, timeout=10) as c:
         try:
             for i in range(10):

@@ -11,8 +11,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import UPSTREAM_SECRET, RelaySystem, relay_system, system_env, with_db
 from tests.integration.helpers import assert_well_formed, collect, submit, texts, wait_status
+from tests.support.system import UPSTREAM_SECRET, RelaySystem, relay_system, system_env
 from tests.upstream_server import SCENARIOS, Scenario, UpstreamServer
 from tokenrelay.keys import events_key, job_key, job_keys
 
@@ -66,10 +66,10 @@ async def test_cancel_a_finished_job_is_200_unchanged(client: httpx.AsyncClient)
 
 
 @pytest.fixture
-def idle_system(tmp_path: Path, redis_url: str, upstream: UpstreamServer) -> Iterator[RelaySystem]:
-    """An API with no worker yet (database 1); tests start one when they want."""
+def idle_system(tmp_path: Path, redis_db: str, upstream: UpstreamServer) -> Iterator[RelaySystem]:
+    """An API with no worker yet; tests start one when they want."""
     env = system_env(upstream, TOKENRELAY_STREAM_TTL_S="2", TOKENRELAY_QUEUE_POLL_S="30")
-    with relay_system(tmp_path, with_db(redis_url, 1), env, workers=0) as sys_:
+    with relay_system(tmp_path, redis_db, env, workers=0) as sys_:
         yield sys_
 
 
@@ -177,10 +177,10 @@ async def test_idempotency_key_same_body_same_job_other_body_409(client: httpx.A
 
 
 async def test_bearer_keys_and_jobs_belong_to_their_key(
-    tmp_path: Path, redis_url: str, upstream: UpstreamServer
+    tmp_path: Path, redis_db: str, upstream: UpstreamServer
 ) -> None:
     env = system_env(upstream, TOKENRELAY_API_KEYS="key-alpha,key-beta")
-    with relay_system(tmp_path, with_db(redis_url, 2), env) as sys_:
+    with relay_system(tmp_path, redis_db, env) as sys_:
         async with httpx.AsyncClient(base_url=sys_.base_url, timeout=10) as anon:
             response = await anon.post("/v1/jobs", json={"model": "hello", "prompt": "hi"})
             assert response.status_code == 401

@@ -10,13 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RelaySystem, relay_system, system_env, with_db
 from tests.integration.helpers import assert_well_formed, collect, submit, texts
+from tests.support.system import RelaySystem, relay_system, system_env
 from tests.upstream_server import Scenario, UpstreamServer
 
 
 @pytest.fixture
-def limited(tmp_path: Path, redis_url: str, upstream: UpstreamServer) -> Iterator[RelaySystem]:
+def limited(tmp_path: Path, redis_db: str, upstream: UpstreamServer) -> Iterator[RelaySystem]:
     env = system_env(
         upstream,
         TOKENRELAY_API_KEYS="key-a,key-b",
@@ -25,7 +25,7 @@ def limited(tmp_path: Path, redis_url: str, upstream: UpstreamServer) -> Iterato
         TOKENRELAY_MAX_PROMPT_CHARS="100",
         TOKENRELAY_MAX_EVENTS_PER_JOB="20",
     )
-    with relay_system(tmp_path, with_db(redis_url, 9), env, workers=0) as system:
+    with relay_system(tmp_path, redis_db, env, workers=0) as system:
         yield system
 
 

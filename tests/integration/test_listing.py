@@ -10,7 +10,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import RelaySystem, relay_system, system_env, with_db
+from tests.support.servers import RedisDatabases
+from tests.support.system import RelaySystem, relay_system, system_env
 from tests.upstream_server import UpstreamServer
 from tokenrelay.client import AsyncClient, AuthenticationError, UnprocessableEntityError
 from tokenrelay.keys import job_keys, recent_jobs_key
@@ -20,15 +21,12 @@ KEY_A, KEY_B = "key-listing-alpha", "key-listing-beta"
 
 @pytest.fixture(scope="module")
 def keyed(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, upstream: UpstreamServer
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDatabases, upstream: UpstreamServer
 ) -> Iterator[RelaySystem]:
-    """An API and a worker with two bearer keys, on database 6 (emptied first)."""
-    import redis as sync_redis
-
-    url = with_db(redis_url, 6)
-    sync_redis.Redis.from_url(url).flushdb()
+    """An API and a worker with two bearer keys, on a database of their own."""
     env = system_env(upstream, TOKENRELAY_API_KEYS=f"{KEY_A},{KEY_B}")
-    with relay_system(tmp_path_factory.mktemp("listing"), url, env) as sys_:
+    workdir = tmp_path_factory.mktemp("listing")
+    with redis_dbs.database() as url, relay_system(workdir, url, env) as sys_:
         yield sys_
 
 

@@ -12,7 +12,8 @@ import ollama
 import orjson
 import pytest
 
-from tests.conftest import RelaySystem, relay_system, system_env, with_db
+from tests.support.servers import RedisDatabases
+from tests.support.system import RelaySystem, relay_system, system_env
 from tests.upstream_server import HELLO, SCENARIOS, Scenario, UpstreamServer
 
 TEXT = "".join(HELLO)
@@ -208,7 +209,7 @@ def test_errors(client: ollama.Client) -> None:
 
 @pytest.fixture(scope="module")
 def catalog_system(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, upstream: UpstreamServer
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDatabases, upstream: UpstreamServer
 ) -> Iterator[RelaySystem]:
     """An API (no worker) with default models configured and API keys on."""
     upstreams = json.loads(system_env(upstream)["TOKENRELAY_UPSTREAMS"])
@@ -217,7 +218,7 @@ def catalog_system(
     env = system_env(upstream, TOKENRELAY_API_KEYS="key-1")
     env["TOKENRELAY_UPSTREAMS"] = json.dumps(upstreams)
     workdir = tmp_path_factory.mktemp("ollama-catalog")
-    with relay_system(workdir, with_db(redis_url, 14), env, workers=0) as sys_:
+    with redis_dbs.database() as url, relay_system(workdir, url, env, workers=0) as sys_:
         yield sys_
 
 

@@ -14,7 +14,8 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.conftest import RelaySystem, relay_system, system_env, with_db
+from tests.support.servers import RedisDatabases
+from tests.support.system import RelaySystem, relay_system, system_env
 from tests.upstream_server import HELLO, SCENARIOS, Scenario, UpstreamServer
 
 TEXT = "".join(HELLO)
@@ -459,7 +460,7 @@ def test_a_failed_job_not_streaming_is_an_http_error(client: openai.OpenAI) -> N
 
 @pytest.fixture(scope="module")
 def keyed_system(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, upstream: UpstreamServer
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDatabases, upstream: UpstreamServer
 ) -> Iterator[RelaySystem]:
     """An API (no worker) with default models, API keys and a prompt size limit."""
     upstreams = json.loads(system_env(upstream)["TOKENRELAY_UPSTREAMS"])
@@ -468,7 +469,7 @@ def keyed_system(
     env = system_env(upstream, TOKENRELAY_API_KEYS="key-1,key-2", TOKENRELAY_MAX_PROMPT_CHARS="100")
     env["TOKENRELAY_UPSTREAMS"] = json.dumps(upstreams)
     workdir: Path = tmp_path_factory.mktemp("oa-keyed")
-    with relay_system(workdir, with_db(redis_url, 13), env, workers=0) as sys_:
+    with redis_dbs.database() as url, relay_system(workdir, url, env, workers=0) as sys_:
         yield sys_
 
 

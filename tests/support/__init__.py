@@ -1,1 +1,3 @@
-"""Test support: fault-injecting servers and proxies that real processes talk to."""
+"""Test support: real servers (servers), the relay's processes (system), fault-injecting
+proxies (faultproxy) and the fault matrix report (report). Tests import from here, never
+from tests/conftest.py."""
