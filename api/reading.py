@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 
 from api.errors import ApiError
 from api.state import Relay
 from tokenrelay.errors import EventIdExpired, InvalidEventId, JobNotFound, quoted
 from tokenrelay.fanout import Batch
+from tokenrelay.store.events import StoredEvent
 from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID, EventId
 
 JOB_ID = re.compile(r"^job_[A-Za-z0-9_-]{22}$")
@@ -71,12 +72,17 @@ async def resume_point(
 
 
 async def follow(r: Relay, job_id: str, after: EventId) -> AsyncGenerator[list[Batch] | None, None]:
-    """The job's events after ``after``, in order, each once, until its ``end``: a replay from
-    Redis, then live ones from the process's hub. Yields batches (listeners handed the same
-    batch share its encoding), or ``None`` after ``keepalive_s`` of silence.
+    """The one follower of a job's events, for every route that streams them.
+
+    Yields the events after ``after``, in order, each exactly once, until its ``end`` (then the
+    generator is done): a replay from Redis, then live ones from the process's hub. Yields
+    them as batches, which routes render (listeners handed the same batch share its encoding;
+    ``events_of`` flattens them), or ``None`` after ``keepalive_s`` of silence, for a route to
+    send a keep-alive or check its client.
 
     Stops early, without ``end``, when the job already ended at or before ``after`` or is gone.
-    Close it (``contextlib.aclosing``) so its hub subscription ends with the response.
+    Raises the store's errors (``RedisError``). Close it (``contextlib.aclosing``) so its hub
+    subscription ends with the response.
     """
     last = after
     while True:
@@ -104,3 +110,9 @@ async def follow(r: Relay, job_id: str, after: EventId) -> AsyncGenerator[list[B
                 yield batches
                 if batches[-1].events[-1].type == "end":
                     return
+
+
+def events_of(batches: list[Batch]) -> Iterator[StoredEvent]:
+    """The events of what ``follow`` yielded, in order: for routes that render event by event."""
+    for batch in batches:
+        yield from batch.events

@@ -144,10 +144,11 @@ class NodeReader:
 
     async def aclose(self) -> None:
         for task in (self._waker, self._task):
-            if task is not None:
+            # Cancelled again until it ends: a cancel that lands as redis-py connects can be
+            # swallowed (a timeout racing it), and the loop would then wait on forever.
+            while task is not None and not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait([task], timeout=0.1)
         await self._reader.aclose()
         await self._control.aclose()
 
