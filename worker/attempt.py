@@ -74,7 +74,9 @@ class JobControl:
 class Attempts:
     """Runs jobs' attempts for a worker process; holds what they share."""
 
-    def __init__(self, settings: Settings, upstreams: Mapping[str, Upstream], leases: Leases):
+    def __init__(
+        self, settings: Settings, upstreams: Mapping[str, Upstream], leases: Leases
+    ) -> None:
         self.settings = settings
         self.upstreams = upstreams
         self.leases = leases
