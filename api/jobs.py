@@ -209,13 +209,15 @@ async def job_events(
     start = await resume_point(r, job_id, after, last_event_id)
     fmt = wire_format(accept)
     return StreamingResponse(
-        _follow(r, job_id, start, fmt),
+        _render_events(r, job_id, start, fmt),
         media_type=SSE_MEDIA_TYPE if fmt == "sse" else NDJSON_MEDIA_TYPE,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _follow(r: Relay, job_id: str, after: EventId, fmt: WireFormat) -> AsyncIterator[bytes]:
+async def _render_events(
+    r: Relay, job_id: str, after: EventId, fmt: WireFormat
+) -> AsyncIterator[bytes]:
     """The job's events after ``after`` on the wire, until the ``end`` event."""
     render = functools.partial(encode, fmt=fmt)
     async with contextlib.aclosing(follow(r, job_id, after)) as batches:

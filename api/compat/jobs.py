@@ -4,7 +4,7 @@ followed and rendered as a stream, its end awaited, a failed job's HTTP error.""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import Request
@@ -19,7 +19,6 @@ from api.state import Relay
 from api.submission import submit
 from tokenrelay.errors import clipped, quoted
 from tokenrelay.settings import Settings
-from tokenrelay.store.events import StoredEvent
 from tokenrelay.wire import ZERO_ID, EventId, JobRecord
 
 JOB_HEADER = "X-Tokenrelay-Job"
@@ -155,16 +154,6 @@ async def load_record(r: Relay, ref: str, tenant: str) -> tuple[JobRecord, str]:
 # --- following ----------------------------------------------------------------------------------
 
 
-async def follow(
-    r: Relay, job_id: str, after: EventId
-) -> AsyncGenerator[list[StoredEvent] | None, None]:
-    """``reading.follow``, its batches flattened into events: the drop-in formats render
-    each event in a form of their own."""
-    async with contextlib.aclosing(reading.follow(r, job_id, after)) as batches:
-        async for got in batches:
-            yield None if got is None else [event for batch in got for event in batch.events]
-
-
 async def ended_record(r: Relay, job_id: str) -> JobRecord | None:
     """The record of a job that has just ended (``ENDED_FIELDS``); None if it is gone."""
     values = await r.jobs.job_fields(job_id, *ENDED_FIELDS)
@@ -177,13 +166,15 @@ async def rendered(
 ) -> AsyncIterator[bytes]:
     """The job's events after ``after``, replayed then live, through ``renderer``: its
     keep-alive after ``keepalive_s`` of silence, the record with the batch that ends the job."""
-    async with contextlib.aclosing(follow(r, job_id, after)) as batches:
-        async for batch in batches:
-            if batch is None:
+    # The drop-in formats render each event in a form of their own: batches flattened.
+    async with contextlib.aclosing(reading.follow(r, job_id, after)) as batches:
+        async for got in batches:
+            if got is None:
                 yield renderer.keepalive()
                 continue
-            record = await ended_record(r, job_id) if batch[-1].type == "end" else None
-            if out := renderer.render(batch, record):
+            events = list(reading.events_of(got))
+            record = await ended_record(r, job_id) if events[-1].type == "end" else None
+            if out := renderer.render(events, record):
                 yield out
     if tail := renderer.close():
         yield tail
@@ -219,9 +210,9 @@ async def finished(r: Relay, job_id: str, request: Request) -> tuple[JobRecord, 
 
 async def wait_for_end(r: Relay, job_id: str, request: Request) -> None:
     """Wait until the job's ``end`` (or until the client goes away)."""
-    async with contextlib.aclosing(follow(r, job_id, ZERO_ID)) as batches:
-        async for batch in batches:
-            if batch is None and await request.is_disconnected():
+    async with contextlib.aclosing(reading.follow(r, job_id, ZERO_ID)) as batches:
+        async for got in batches:
+            if got is None and await request.is_disconnected():
                 return
 
 
