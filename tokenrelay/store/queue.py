@@ -78,6 +78,12 @@ SWEEP_LUA = (_LUA / "sweep.lua").read_text()
 NOT_TAKEN = (b"taken", b"gone", b"deferred")
 
 
+CLOCK_SKEW_MS = 1000
+"""How far apart the clocks of the hosts that enqueue and take may be: a job is due when its
+score (its enqueue time, by the API's clock, rounded as arq rounds) is no later than the
+taker's now plus this. tokenrelay never defers a job, so nothing is taken early by it."""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -180,7 +186,8 @@ class JobQueue:
 
     async def ready(self, limit: int) -> list[str]:
         """Up to ``limit`` jobs that may run now and no worker has, oldest first."""
-        ids = await self._ready(keys=[QUEUE_NAME], args=[now_ms(), limit, in_progress_key_prefix])
+        due = now_ms() + CLOCK_SKEW_MS
+        ids = await self._ready(keys=[QUEUE_NAME], args=[due, limit, in_progress_key_prefix])
         return [raw.decode() for raw in ids]
 
     async def take(
@@ -195,7 +202,8 @@ class JobQueue:
         calls = []
         for job_id, owner in zip(job_ids, owners, strict=True):
             keys = [QUEUE_NAME, in_progress_key_prefix + job_id, LEASES_KEY]
-            args: list[Any] = [job_id, now_ms(), deadline, self.in_progress_ttl_ms, owner]
+            due = now_ms() + CLOCK_SKEW_MS
+            args: list[Any] = [job_id, due, deadline, self.in_progress_ttl_ms, owner]
             if self.combined:
                 keys += job_keys(job_id)
                 args += [now, safety_ttl_s]

@@ -1,5 +1,5 @@
 -- The jobs of arq's queue that may run now and that no worker has taken, oldest first.
--- KEYS: arq queue.  ARGV: now (ms), limit, arq's in-progress key prefix.
+-- KEYS: arq queue.  ARGV: due by (ms), limit, arq's in-progress key prefix.
 -- (The in-progress keys are built here: the queue is always one Redis node, never a cluster.)
 local out = {}
 local offset = 0

@@ -2,7 +2,8 @@
 -- there is no instant where a job is neither queued nor leased. With the streams on the same
 -- Redis (KEYS 4-6 given), claim it in the same call: one round trip from queue to running.
 -- KEYS: arq queue, arq in-progress key, leases [, events stream, status hash, text string]
--- ARGV: job id, now (ms), lease deadline (ms), in-progress ttl (ms), owner
+-- ARGV: job id, due by (ms: now, plus the clock skew allowed), lease deadline (ms),
+--       in-progress ttl (ms), owner
 --       [, now (RFC 3339), safety ttl (s)]
 -- Idempotent for the same owner. Replies {0, why} when not taken ('taken', 'gone',
 -- 'deferred'); else {1} (take only) or what claim() replies.
