@@ -8,16 +8,14 @@ workers) are read at scrape time; the API's own gauges (streams, listeners) are 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-from redis.asyncio import Redis
 
-from tokenrelay.keys import METRICS_KEY, WORKERS_KEY
+from tokenrelay.keys import METRICS_KEY
 
 WORKER_ALIVE_S = 10.0
 
@@ -54,15 +52,6 @@ def record_job(
         bucket = next((b for b in buckets if value <= b), None)
         pipe.hincrby(METRICS_KEY, _field(name, upstream, str(bucket) if bucket else "+Inf"), 1)
         pipe.hincrbyfloat(METRICS_KEY, _field(name + "_sum", upstream), value)
-
-
-async def heartbeat(redis: Redis, worker_id: str) -> None:
-    """Say this worker is alive (``/readyz`` wants at least one)."""
-    now = time.time()
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zadd(WORKERS_KEY, {worker_id: now})
-        pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - 3600)
-        await pipe.execute()
 
 
 def _histogram(

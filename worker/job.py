@@ -12,7 +12,6 @@ import structlog
 from redis.exceptions import RedisError
 
 from tokenrelay.errors import Fenced, StoreUnavailable
-from tokenrelay.metrics import record_job
 from tokenrelay.resilience import retrying
 from tokenrelay.settings import Settings
 from tokenrelay.store.events import EventWriter, JobStream
@@ -229,14 +228,11 @@ class JobRunner:
     ) -> None:
         """Add the finished job to the shared metrics; never fails the job."""
         with contextlib.suppress(RedisError, OSError):
-            async with self.jobs.redis.pipeline(transaction=False) as pipe:
-                record_job(
-                    pipe,
-                    status=status,
-                    upstream=upstream,
-                    ttft_s=tally.ttft_s(),
-                    duration_s=tally.duration_s(),
-                    deltas=tally.deltas,
-                    error_type=error_type,
-                )
-                await pipe.execute()
+            await self.jobs.record_job(
+                status=status,
+                upstream=upstream,
+                ttft_s=tally.ttft_s(),
+                duration_s=tally.duration_s(),
+                deltas=tally.deltas,
+                error_type=error_type,
+            )

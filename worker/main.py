@@ -9,11 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tokenrelay.keys import CANCEL_CHANNEL, WAKE_CHANNEL
-from tokenrelay.metrics import heartbeat
 from tokenrelay.settings import Settings
 from tokenrelay.store.connections import Streams, queue_client, streams_client
 from tokenrelay.store.events import EventWriter
@@ -25,42 +22,11 @@ from worker.job import JobRunner
 log = structlog.get_logger("tokenrelay.worker")
 
 
-async def _listen(redis: Redis, worker: QueueWorker, runner: JobRunner) -> None:
-    """Follow the wake and cancel channels for the worker's life, reconnecting as needed.
-
-    Losing a message costs little: a lost wake-up waits for the next poll, a lost cancel is
-    seen in the reply of the job's next write."""
-    delay = 0.05
-    while True:
-        pubsub = redis.pubsub()
-        try:
-            await pubsub.subscribe(WAKE_CHANNEL, CANCEL_CHANNEL)
-            worker.wake()  # anything published while we were not listening
-            delay = 0.05
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
-                if message is None:
-                    continue
-                data = message["data"].decode()
-                if message["channel"] == CANCEL_CHANNEL.encode():
-                    if runner.cancel(data):
-                        log.info("cancel_received", job_id=data)
-                else:
-                    worker.wake(data if data.startswith("job_") else None)
-        except (RedisError, OSError) as exc:
-            log.warning("worker_listener_retry", error=type(exc).__name__, delay_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
-async def _heartbeat(redis: Redis, worker_id: str) -> None:
+async def _heartbeat(jobs: JobQueue, worker_id: str) -> None:
     """Tell the API's ``/readyz`` this worker is alive, every two seconds."""
     while True:
         with contextlib.suppress(RedisError, OSError):
-            await heartbeat(redis, worker_id)
+            await jobs.heartbeat(worker_id)
         await asyncio.sleep(2.0)
 
 
@@ -117,8 +83,8 @@ def create_worker(settings: Settings) -> QueueWorker:
         services.reaper = Reaper(records, jobs, lease_ttl_s=settings.lease_ttl_s)
         services.reaper.start()
         services.tasks = [
-            asyncio.create_task(_heartbeat(queue, worker.worker_id)),
-            asyncio.create_task(_listen(queue, worker, runner)),
+            asyncio.create_task(_heartbeat(jobs, worker.worker_id)),
+            asyncio.create_task(jobs.follow_signals(worker.wake, runner.cancel)),
         ]
         log.info(
             "worker_started",
