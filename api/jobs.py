@@ -176,7 +176,7 @@ async def cancel_job(job_id: str, r: RelayDep, tenant: TenantDep) -> JSONBody:
     if fields["status"] in TERMINAL_STATUSES:
         return JSONBody(_job_body(fields, text), status_code=200)
     if not await r.jobs.cancel(job_id, now_rfc3339()):
-        await r.job_queue.signal_cancel(job_id)  # a worker has it
+        await r.control.signal_cancel(job_id)  # a worker has it
     log.info("job_cancel_requested", job_id=job_id)
     fields, text = await load_job(r, job_id, tenant)
     return JSONBody(_job_body(fields, text), status_code=202)

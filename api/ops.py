@@ -18,7 +18,7 @@ async def readyz(request: Request) -> JSONBody:
     r: Relay = request.app.state.relay
     try:
         await r.jobs.ping()
-        workers = await r.job_queue.workers_alive()
+        workers = await r.control.workers_alive()
     except (RedisError, OSError):
         return JSONBody(
             {

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from tokenrelay.fanout import Hub
 from tokenrelay.settings import Settings
 from tokenrelay.store.connections import Streams, node_client, queue_client, streams_client
+from tokenrelay.store.control import Control
 from tokenrelay.store.events import EventLog
 from tokenrelay.store.idempotency import IdempotencyStore
 from tokenrelay.store.jobs import JobStore
@@ -24,7 +25,8 @@ class Relay:
     queue: Redis  # the job queue, pub/sub, leases, metrics, admission counters
     events: EventLog  # a job's events, read
     jobs: JobStore  # a job's record and text: read, cancelled
-    job_queue: JobQueue  # submit: the record and the queue entry
+    job_queue: JobQueue  # submit: the record and the queue entry; admission counts
+    control: Control  # cancel signals, live workers, shared metrics
     hub: Hub
     reaper: Reaper
     idempotency: IdempotencyStore  # on the queue Redis: confirmed in the enqueue's MULTI/EXEC
@@ -44,7 +46,10 @@ class Relay:
         reaper = Reaper(jobs, job_queue, lease_ttl_s=settings.lease_ttl_s)
         reaper.start()
         idempotency = IdempotencyStore(queue, ttl_s=settings.stream_ttl_s)
-        return cls(settings, redis, queue, events, jobs, job_queue, hub, reaper, idempotency)
+        control = Control(queue)
+        return cls(
+            settings, redis, queue, events, jobs, job_queue, control, hub, reaper, idempotency
+        )
 
     async def aclose(self) -> None:
         await self.reaper.aclose()

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from tokenrelay.errors import Fenced, StoreUnavailable
 from tokenrelay.resilience import retrying
 from tokenrelay.settings import Settings
+from tokenrelay.store.control import Control
 from tokenrelay.store.events import EventWriter, JobStream
 from tokenrelay.store.jobs import JobStore
 from tokenrelay.store.leases import Leases
@@ -48,12 +49,14 @@ class JobRunner:
         records: JobStore,
         writer: EventWriter,
         jobs: JobQueue,
+        control: Control,
         worker_id: str,
     ) -> None:
         self.settings = settings
         self.records = records
         self.writer = writer
         self.jobs = jobs
+        self.control = control
         self.leases = Leases(jobs, self.active)
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
@@ -228,7 +231,7 @@ class JobRunner:
     ) -> None:
         """Add the finished job to the shared metrics; never fails the job."""
         with contextlib.suppress(RedisError, OSError):
-            await self.jobs.record_job(
+            await self.control.record_job(
                 status=status,
                 upstream=upstream,
                 ttft_s=tally.ttft_s(),

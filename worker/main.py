@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from tokenrelay.settings import Settings
 from tokenrelay.store.connections import Streams, queue_client, streams_client
+from tokenrelay.store.control import Control
 from tokenrelay.store.events import EventWriter
 from tokenrelay.store.jobs import JobStore
 from tokenrelay.store.leases import Reaper
@@ -22,11 +23,11 @@ from worker.job import JobRunner
 log = structlog.get_logger("tokenrelay.worker")
 
 
-async def _heartbeat(jobs: JobQueue, worker_id: str) -> None:
+async def _heartbeat(control: Control, worker_id: str) -> None:
     """Tell the API's ``/readyz`` this worker is alive, every two seconds."""
     while True:
         with contextlib.suppress(RedisError, OSError):
-            await jobs.heartbeat(worker_id)
+            await control.heartbeat(worker_id)
         await asyncio.sleep(2.0)
 
 
@@ -78,13 +79,16 @@ def create_worker(settings: Settings) -> QueueWorker:
         worker.attach(
             jobs, safety_ttl_s=settings.unfinished_ttl_s, take_retry_s=settings.write_retry_s
         )
-        runner = services.runner = JobRunner(settings, records, writer, jobs, worker.worker_id)
+        control = Control(queue)
+        runner = services.runner = JobRunner(
+            settings, records, writer, jobs, control, worker.worker_id
+        )
         runner.leases.start()
         services.reaper = Reaper(records, jobs, lease_ttl_s=settings.lease_ttl_s)
         services.reaper.start()
         services.tasks = [
-            asyncio.create_task(_heartbeat(jobs, worker.worker_id)),
-            asyncio.create_task(jobs.follow_signals(worker.wake, runner.cancel)),
+            asyncio.create_task(_heartbeat(control, worker.worker_id)),
+            asyncio.create_task(control.follow_signals(worker.wake, runner.cancel)),
         ]
         log.info(
             "worker_started",

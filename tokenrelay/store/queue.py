@@ -47,7 +47,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tokenrelay.keys import (
-    CANCEL_CHANNEL,
     JOB_FUNCTION,
     LEASES_KEY,
     METRICS_KEY,
@@ -57,7 +56,7 @@ from tokenrelay.keys import (
     job_keys,
     rate_key,
 )
-from tokenrelay.metrics import WORKER_ALIVE_S, record_job
+from tokenrelay.metrics import WORKER_ALIVE_S
 from tokenrelay.resilience import retrying
 from tokenrelay.settings import Settings
 from tokenrelay.store.connections import Streams, eval_many, is_cluster, script
@@ -291,11 +290,6 @@ class JobQueue:
             replies = await pipe.execute()
         return int(replies[0]), int(replies[1]) if count else 0
 
-    async def signal_cancel(self, job_id: str) -> None:
-        """Tell every worker to stop the job if it runs there (its next write reply says so
-        too, should the message be lost)."""
-        await self.redis.publish(CANCEL_CHANNEL, job_id.encode())
-
     async def snapshot(self) -> tuple[dict[bytes, bytes], int, int, int]:
         """For ``/metrics``: the shared metrics hash, queued jobs, leased (running) jobs, and
         workers alive, in one round trip."""
@@ -306,59 +300,6 @@ class JobQueue:
             pipe.zcount(WORKERS_KEY, time.time() - WORKER_ALIVE_S, "+inf")
             raw, queued, running, workers = await pipe.execute()
         return raw, int(queued), int(running), int(workers)
-
-    async def follow_signals(
-        self, on_wake: Callable[[str | None], None], on_cancel: Callable[[str], bool]
-    ) -> None:
-        """Follow the wake-up and cancel channels for the worker's life, reconnecting as
-        needed: ``on_wake(job_id)`` (None: look at the queue), ``on_cancel(job_id)`` (True
-        when the job ran here).
-
-        Losing a message costs little: a lost wake-up waits for the next poll, a lost cancel
-        is seen in the reply of the job's next write."""
-        delay = 0.05
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(WAKE_CHANNEL, CANCEL_CHANNEL)
-                on_wake(None)  # anything published while we were not listening
-                delay = 0.05
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30)
-                    if message is None:
-                        continue
-                    data = message["data"].decode()
-                    if message["channel"] == CANCEL_CHANNEL.encode():
-                        if on_cancel(data):
-                            log.info("cancel_received", job_id=data)
-                    else:
-                        on_wake(data if data.startswith("job_") else None)
-            except (RedisError, OSError) as exc:
-                log.warning("worker_listener_retry", error=type(exc).__name__, delay_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    async def record_job(self, **finished: Any) -> None:
-        """Add a finished job to the shared metrics (``tokenrelay.metrics.record_job``'s
-        arguments), in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            record_job(pipe, **finished)
-            await pipe.execute()
-
-    async def heartbeat(self, worker_id: str) -> None:
-        """Say this worker is alive (``/readyz`` wants at least one)."""
-        now = time.time()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(WORKERS_KEY, {worker_id: now})
-            pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - 3600)
-            await pipe.execute()
-
-    async def workers_alive(self) -> int:
-        """Workers that sent a heartbeat lately (``/readyz`` wants one); raises on no Redis."""
-        return int(await self.redis.zcount(WORKERS_KEY, time.time() - WORKER_ALIVE_S, "+inf"))
 
 
 # --- the worker -------------------------------------------------------------------------------
