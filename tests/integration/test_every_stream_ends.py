@@ -11,6 +11,7 @@ Each ends the way the README's failure table says, and leaves nothing behind in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import signal
 import time
@@ -151,23 +152,26 @@ async def _take_then(
 ) -> tuple[list[Ev], dict[str, object], float]:
     """Run a job whose worker meets ``fault`` the instant its take reaches Redis."""
     servers = [RedisServer(tmp_path / "q")] + ([RedisServer(tmp_path / "s")] if split else [])
-    for server in servers:
-        server.start()
-    # Loaded beforehand, so the take the proxy stops is the one Redis runs (not a NOSCRIPT).
-    control = aioredis.Redis(port=servers[0].port)
-    await control.script_load(TAKE_LUA)
-    await control.aclose()
-    proxy = FaultProxy(servers[0].port)
-    await proxy.start()
-    upstream.add("taken", Scenario(pieces=["one ", "two ", "three"], delay_s=0.01))
-    env = system_env(
-        upstream, TOKENRELAY_LEASE_TTL_S=str(LEASE_TTL_S), TOKENRELAY_REDIS_TIMEOUT_S="1"
-    )
-    if split:
-        env["TOKENRELAY_STREAMS_URL"] = servers[1].url
-    started = relay_system(tmp_path / "sys", proxy.url(), env)
-    system = await asyncio.to_thread(started.__enter__)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        for server in servers:  # each stopped whatever fails after it started
+            server.start()
+            stack.callback(server.stop)
+        # Loaded beforehand, so the take the proxy stops is the one Redis runs (no NOSCRIPT).
+        control = aioredis.Redis(port=servers[0].port)
+        await control.script_load(TAKE_LUA)
+        await control.aclose()
+        proxy = FaultProxy(servers[0].port)
+        await proxy.start()
+        stack.push_async_callback(proxy.aclose)
+        upstream.add("taken", Scenario(pieces=["one ", "two ", "three"], delay_s=0.01))
+        env = system_env(
+            upstream, TOKENRELAY_LEASE_TTL_S=str(LEASE_TTL_S), TOKENRELAY_REDIS_TIMEOUT_S="1"
+        )
+        if split:
+            env["TOKENRELAY_STREAMS_URL"] = servers[1].url
+        started = relay_system(tmp_path / "sys", proxy.url(), env)
+        system = await asyncio.to_thread(started.__enter__)
+        stack.push_async_callback(asyncio.to_thread, started.__exit__, None, None, None)
         async with httpx.AsyncClient(base_url=system.base_url, timeout=10) as c:
             trigger = proxy.arm(
                 lambda cmd: cmd.name == "EVALSHA" and cmd.args[1] == TAKE,
@@ -185,11 +189,6 @@ async def _take_then(
             took = time.monotonic() - faulted
             leftovers = await settled(servers[0].url, job_id)
             return events, leftovers, took
-    finally:
-        await asyncio.to_thread(started.__exit__, None, None, None)
-        await proxy.aclose()
-        for server in servers:
-            server.stop()
 
 
 async def test_worker_killed_as_it_takes_a_job_is_seen_within_the_lease(

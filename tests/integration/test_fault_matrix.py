@@ -165,10 +165,10 @@ class Rig:
         await asyncio.to_thread(server.stop)
         await asyncio.to_thread(server.start)
 
-    async def config(self, which: str, *args: str) -> None:
+    async def config(self, which: str, name: str, value: str) -> None:
         client = aioredis.Redis(port=self.servers[which].port)
         try:
-            await client.execute_command("CONFIG", "SET", *args)
+            await client.config_set(name, value)
         finally:
             await client.aclose()
 
@@ -216,7 +216,9 @@ async def rig(tmp_path: Path, upstream: UpstreamServer, split: bool) -> AsyncIte
             await asyncio.to_thread(server.stop)
 
 
-async def inject(r: Rig, c: httpx.AsyncClient, fault: str, at: Phase, trigger: Trigger, job: str):
+async def inject(
+    r: Rig, c: httpx.AsyncClient, fault: str, at: Phase, trigger: Trigger, job: str
+) -> None:
     """The fault, while the phase's command is held (or just after it was applied)."""
     if fault == "sigkill":
         await r.kill_worker()

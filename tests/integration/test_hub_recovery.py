@@ -157,15 +157,17 @@ async def hub(tmp_path: Path) -> AsyncIterator[tuple[Hub, aioredis.Redis]]:
     and a plain client of that Valkey."""
     server = RedisServer(tmp_path / "hub")
     server.start()
-    settings = Settings(redis_url=server.url)
-    queue = queue_client(settings)
-    log = EventLog(streams_client(settings, queue))
-    hub = Hub(log, functools.partial(node_client, settings))
-    try:
-        yield hub, queue
+    try:  # the server stops whatever fails after it started
+        settings = Settings(redis_url=server.url)
+        queue = queue_client(settings)
+        log = EventLog(streams_client(settings, queue))
+        hub = Hub(log, functools.partial(node_client, settings))
+        try:
+            yield hub, queue
+        finally:
+            await hub.aclose()
+            await queue.aclose()
     finally:
-        await hub.aclose()
-        await queue.aclose()
         server.stop()
 
 
