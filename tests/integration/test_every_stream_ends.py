@@ -20,8 +20,15 @@ from pathlib import Path
 import httpx
 import redis.asyncio as aioredis
 
-from tests.integration.helpers import Ev, assert_well_formed, collect, submit, texts, wait_status
-from tests.integration.test_fault_matrix import follow
+from tests.integration.helpers import (
+    Ev,
+    assert_well_formed,
+    collect,
+    follow_resilient,
+    submit,
+    texts,
+    wait_status,
+)
 from tests.support.faultproxy import FaultProxy
 from tests.support.servers import RedisServer
 from tests.support.system import relay_system, system_env
@@ -76,7 +83,7 @@ async def test_maxmemory_for_a_moment_mid_stream_loses_nothing(
         with relay_system(tmp_path / "sys", redis.url, env) as system:
             async with httpx.AsyncClient(base_url=system.base_url, timeout=10) as c:
                 job_id = await submit(c, model="oom")
-                listener = asyncio.create_task(follow(c, job_id, within=30))
+                listener = asyncio.create_task(follow_resilient(c, job_id, within=30))
                 await wait_status(c, job_id, "running")
                 await asyncio.sleep(1.0)
                 await control.config_set("maxmemory", "1")
@@ -118,7 +125,9 @@ async def test_streams_server_down_past_the_write_budget_ends_the_job(
         with relay_system(tmp_path / "sys", queue.url, env) as system:
             async with httpx.AsyncClient(base_url=system.base_url, timeout=10) as c:
                 job_id = await submit(c, model="down")
-                listener = asyncio.create_task(follow(c, job_id, within=60))
+                listener = asyncio.create_task(
+                    follow_resilient(c, job_id, within=60, max_reconnects=500)
+                )
                 await wait_status(c, job_id, "running")
                 await asyncio.sleep(0.5)
                 streams.stop()

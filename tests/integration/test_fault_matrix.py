@@ -26,7 +26,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from tests.integration.helpers import Ev, assert_well_formed, collect, parse_sse, submit, texts
+from tests.integration.helpers import assert_well_formed, collect, follow_resilient, submit, texts
 from tests.support.faultproxy import Action, Command, FaultProxy, Trigger
 from tests.support.report import MATRIX_ROWS
 from tests.support.servers import RedisServer
@@ -114,33 +114,6 @@ def expected_end(fault: str, phase: str, split: bool) -> set[str]:
         # or, if the job needed no write during the outage, normally.
         return {"stop", "error:store_unavailable", "error:worker_lost"}
     return {"stop"}  # cut, restart, maxmemory, lost reply: retried, exactly once
-
-
-async def follow(client: httpx.AsyncClient, job_id: str, within: float) -> tuple[list[Ev], int]:
-    """Follow the job to its end through anything, resuming with Last-Event-ID."""
-    events: list[Ev] = []
-    reconnects = 0
-    async with asyncio.timeout(within):
-        while True:
-            headers = {"Last-Event-ID": events[-1].id} if events else {}
-            buf = b""
-            try:
-                async with client.stream(
-                    "GET", f"/v1/jobs/{job_id}/events", headers=headers
-                ) as response:
-                    if response.status_code == 200:
-                        async for part in response.aiter_bytes():
-                            buf += part
-                            complete = buf[: buf.rfind(b"\n\n") + 2]
-                            if complete:
-                                events += parse_sse(complete)[0]
-                                buf = buf[len(complete) :]
-                            if events and events[-1].type == "end":
-                                return events, reconnects
-            except httpx.HTTPError:
-                pass
-            reconnects += 1
-            await asyncio.sleep(0.1)
 
 
 @dataclass
@@ -268,7 +241,10 @@ async def run_cell(
     else:
         trigger = proxy.arm(at.match, action)
     job_id = await submit(c, model=model)
-    listeners = [asyncio.create_task(follow(c, job_id, within=60)) for _ in range(2)]
+    listeners = [
+        asyncio.create_task(follow_resilient(c, job_id, within=60, max_reconnects=1000))
+        for _ in range(2)
+    ]
     faulted = time.monotonic()
     if trigger is not None:
         await trigger.wait(within=15)

