@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser run test test-fast lint unit integration bench clean soak
+.PHONY: install browser js run test test-fast lint unit integration bench clean soak
 
 install: $(STAMP)
 
@@ -30,8 +30,19 @@ browser:
 	  echo "installing chromium and chromium-driver (Debian packages) for the browser test"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
+# The JavaScript clients and example front ends the tests drive (the `ai` package, the
+# Durable Streams suite, ...): every folder under tests/js/ and examples/ with a committed
+# package-lock.json, installed exactly from it (npm ci) when the lock file changed.
+JS_DIRS := $(patsubst %/package-lock.json,%,$(wildcard tests/js/*/package-lock.json examples/*/package-lock.json))
+JS_STAMPS := $(addsuffix /node_modules/.installed,$(JS_DIRS))
+js: $(JS_STAMPS)
+
+%/node_modules/.installed: %/package-lock.json
+	cd $* && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # pytest exits 5 when it ran no test: that fails here like any other failure.
-test: lint browser
+test: lint browser js
 	$(BIN)/python -m pytest
 
 # Everything but the real-model and browser tests (seconds, not minutes).
@@ -66,4 +77,4 @@ bench: install
 	$(BIN)/python ops/bench/scale.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(addsuffix /node_modules,$(JS_DIRS)) .pytest_cache .mypy_cache .ruff_cache .hypothesis
