@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tokenrelay
 from api import errors
+from api.compat.aisdk import router as aisdk_router
 from api.compat.ollama import router as ollama_router
 from api.compat.openai import router as openai_router
 from api.errors import error_response, headers_too_large
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(listing_router)
     app.include_router(openai_router)
     app.include_router(ollama_router)
+    app.include_router(aisdk_router)
 
     page = (Path(__file__).parent / "static" / "index.html").read_bytes()
 
