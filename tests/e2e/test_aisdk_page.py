@@ -4,10 +4,12 @@ the same final text with no duplicate message, and stop cancels the job on the s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +18,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.e2e.test_demo_page import browser  # noqa: F401 (a fixture)
-from tests.support.system import ROOT, RelaySystem
+from tests.support.servers import RedisDatabases
+from tests.support.system import ROOT, RelaySystem, relay_system, system_env
 from tests.upstream_server import Scenario, UpstreamServer
 from tokenrelay.processes import Group, free_port, http_ok
 
@@ -28,33 +31,65 @@ STORY = [f"word{i} " for i in range(120)]  # 6 s at 50 ms a piece
 WAIT_S = 60
 
 
-@pytest.fixture(scope="module")
-def page(
-    system: RelaySystem, upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """The example built with vite and served by ``vite preview``, whose proxy passes ``/v1``
-    to the system's API (the page and the API share an origin, as with ``make run``)."""
-    assert VITE.exists(), "run `make js` (npm ci in examples/aisdk-chat)"
-    upstream.add("story", Scenario(pieces=STORY, delay_s=0.05))
-    workdir = tmp_path_factory.mktemp("aisdk_page")
-    out = workdir / "dist"
+def build(out: Path, **env: str) -> None:
+    """The example's static build (``vite build``) into ``out``; ``env``: its ``VITE_*``."""
     built = subprocess.run(
         [str(VITE), "build", "--outDir", str(out), "--emptyOutDir", "--logLevel", "warn"],
         cwd=EXAMPLE,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=180,
         check=False,
     )
     assert built.returncode == 0, built.stdout + built.stderr
-    port = free_port()
+
+
+@contextlib.contextmanager
+def served(out: Path, port: int, api: str, log: Path) -> Iterator[str]:
+    """``vite preview`` of the build in ``out`` on ``port``, its proxy passing ``/v1`` to
+    ``api``; yields the page's origin."""
     args = [str(VITE), "preview", "--outDir", str(out), "--host", "127.0.0.1"]
-    args += ["--port", str(port), "--strictPort"]
-    env = {**os.environ, "TOKENRELAY_URL": system.base_url}
+    args += ["--port", str(port), "--strictPort", "--bypass-lock"]  # two at once here
     with Group() as group:
-        vite = group.start("vite", args, env=env, cwd=EXAMPLE, log=workdir / "vite.log")
+        env = {**os.environ, "TOKENRELAY_URL": api}
+        vite = group.start("vite", args, env=env, cwd=EXAMPLE, log=log)
         vite.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/"), timeout_s=60)
         yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def same_origin(
+    system: RelaySystem, upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, RelaySystem]]:
+    """The page as with ``make run``: served by vite, whose proxy passes ``/v1`` to the API."""
+    assert VITE.exists(), "run `make js` (npm ci in examples/aisdk-chat)"
+    upstream.add("story", Scenario(pieces=STORY, delay_s=0.05))
+    workdir = tmp_path_factory.mktemp("aisdk_page")
+    build(workdir / "dist")
+    with served(workdir / "dist", free_port(), system.base_url, workdir / "vite.log") as url:
+        yield url, system
+
+
+@pytest.fixture(scope="module")
+def cross_origin(
+    redis_dbs: RedisDatabases, upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, RelaySystem]]:
+    """The page on an origin of its own, calling the API's URL itself: a system that allows
+    that origin (``TOKENRELAY_CORS_ORIGINS``), and no proxy (``/v1`` goes nowhere)."""
+    assert VITE.exists(), "run `make js` (npm ci in examples/aisdk-chat)"
+    upstream.add("story", Scenario(pieces=STORY, delay_s=0.05))
+    workdir = tmp_path_factory.mktemp("aisdk_page_cors")
+    port = free_port()
+    env = system_env(upstream, TOKENRELAY_CORS_ORIGINS=f"http://127.0.0.1:{port}")
+    with (
+        redis_dbs.database() as redis_url,
+        relay_system(workdir / "system", redis_url, env) as system,
+    ):
+        build(workdir / "dist", VITE_TOKENRELAY_URL=system.base_url)
+        nowhere = f"http://127.0.0.1:{free_port()}"
+        with served(workdir / "dist", port, nowhere, workdir / "vite.log") as url:
+            yield url, system
 
 
 def messages(driver: WebDriver) -> list[dict[str, str]]:
@@ -96,12 +131,14 @@ def job_of(http: httpx.Client, message_id: str) -> dict[str, object]:
     return body
 
 
+@pytest.mark.parametrize("origin", ["same_origin", "cross_origin"])
 def test_a_reload_mid_answer_resumes_it(
     browser: WebDriver,  # noqa: F811
-    page: str,
-    system: RelaySystem,
+    origin: str,
+    request: pytest.FixtureRequest,
     upstream: UpstreamServer,
 ) -> None:
+    page, system = request.getfixturevalue(origin)
     wait = WebDriverWait(browser, WAIT_S, poll_frequency=0.05)
     asked = len([r for r in upstream.requests if r.scenario == "story"])
     before = ask(browser, wait, page, "Tell me a story")
@@ -129,9 +166,9 @@ def test_a_reload_mid_answer_resumes_it(
 
 def test_stop_cancels_the_job_on_the_server(
     browser: WebDriver,  # noqa: F811
-    page: str,
-    system: RelaySystem,
+    same_origin: tuple[str, RelaySystem],
 ) -> None:
+    page, system = same_origin
     wait = WebDriverWait(browser, WAIT_S, poll_frequency=0.05)
     before = ask(browser, wait, page, "Tell me another story")
     browser.find_element(By.ID, "stop").click()

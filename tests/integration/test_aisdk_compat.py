@@ -4,9 +4,11 @@ and its routes over HTTP here, and the real ``ai`` package (the current major an
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +27,7 @@ JS_DIR = ROOT / "tests" / "js" / "aisdk"
 NODE_TIMEOUT_S = 300
 NODE_TESTS = 14  # 7 for each version of `ai`
 CHAT = "/v1/ai-sdk/chat"
+PAGE = "http://page.example:5173"
 STREAM_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",
     "cache-control": "no-cache",
@@ -116,21 +119,66 @@ async def test_cancel_stops_the_generation_on_the_server(http: httpx.AsyncClient
     async with http.stream("POST", CHAT, json=sent) as response:
         job_id = response.headers["x-tokenrelay-job"]
         seen = b""
-        async for piece in response.aiter_bytes():
-            seen += piece
-            if seen.count(b'"text-delta"') >= 3:
-                break
-    cancelled = await http.post(f"{CHAT}/{sent['id']}/cancel")
-    assert cancelled.status_code in (200, 202), cancelled.text
+        cancelled = None
+        async with asyncio.timeout(30):
+            async for piece in response.aiter_bytes():
+                seen += piece
+                if cancelled is None and seen.count(b'"text-delta"') >= 3:
+                    cancelled = await http.post(f"{CHAT}/{sent['id']}/cancel")
+    assert cancelled is not None and cancelled.status_code == 202, cancelled
     assert cancelled.json()["id"] == job_id
-    resumed = await http.get(f"{CHAT}/{sent['id']}/stream")
-    if resumed.status_code == 200:  # the end may not be stored yet: the replay ends with it
-        assert parts(resumed.content)[-2:] == [{"type": "abort", "reason": "cancelled"}, "[DONE]"]
-    else:
-        assert resumed.status_code == 204
+    got = parts(seen)
+    assert got[-3:] == [{"type": "finish-step"}, {"type": "abort", "reason": "cancelled"}, "[DONE]"]
+    assert len([p for p in got if p != "[DONE]" and p["type"] == "text-delta"]) < 50
     record = (await http.get(f"/v1/jobs/{job_id}")).json()
     assert record["status"] == "cancelled"
     assert record["finish_reason"] == "cancelled"
+    assert (await http.get(f"{CHAT}/{sent['id']}/stream")).status_code == 204
+
+
+async def test_tools_and_options_reach_the_upstream(
+    http: httpx.AsyncClient, upstream: UpstreamServer
+) -> None:
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    marker = f"options {uuid.uuid4()}"
+    sent = {**body("openai/hello", marker), "tools": [tool], "max_tokens": 99, "temperature": 0.5}
+    assert (await http.post(CHAT, json=sent)).status_code == 200
+    (received,) = [
+        r.body
+        for r in upstream.requests
+        if isinstance(r.body, dict) and r.body.get("messages", [{}])[-1].get("content") == marker
+    ]
+    assert received["tools"] == [tool]
+    assert received["max_tokens"] == 99
+    assert received["temperature"] == 0.5
+    assert received["model"] == "hello"
+
+
+async def test_an_answer_outlives_the_api_process(
+    tmp_path: Path, redis_db: str, upstream: UpstreamServer
+) -> None:
+    """The API that started an answer is killed mid-answer; a new one resumes all of it."""
+    with relay_system(tmp_path, redis_db, system_env(upstream)) as system:
+        sent = body("openai/slow", "tell me")
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=15) as http:
+            async with http.stream("POST", CHAT, json=sent) as response:
+                seen = b""
+                async with asyncio.timeout(30):
+                    async for piece in response.aiter_bytes():
+                        seen += piece
+                        if seen.count(b'"text-delta"') >= 3:
+                            break
+            assert system.api is not None
+            system.api.send_signal(signal.SIGKILL)
+            system.api.wait(10)
+            system.start_api()
+            resumed = await http.get(f"{CHAT}/{sent['id']}/stream")
+        assert resumed.status_code == 200
+        got = parts(resumed.content)
+        assert got[: len(parts(seen))] == parts(seen)
+        text = "".join(p["delta"] for p in got if p != "[DONE]" and p["type"] == "text-delta")
+        assert text == "".join(f"s{i} " for i in range(50))
+        assert got[-2:] == [{"type": "finish", "finishReason": "stop"}, "[DONE]"]
 
 
 @pytest.mark.parametrize(
@@ -170,8 +218,9 @@ async def test_a_chat_without_generation(http: httpx.AsyncClient) -> None:
 def keyed(
     tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDatabases, upstream: UpstreamServer
 ) -> Iterator[RelaySystem]:
-    """An API with keys ``key-a`` and ``key-b`` and no worker: its jobs stay queued."""
-    env = system_env(upstream, TOKENRELAY_API_KEYS="key-a,key-b")
+    """An API with keys ``key-a`` and ``key-b``, pages from ``PAGE`` allowed (CORS), and no
+    worker: its jobs stay queued."""
+    env = system_env(upstream, TOKENRELAY_API_KEYS="key-a,key-b", TOKENRELAY_CORS_ORIGINS=PAGE)
     workdir: Path = tmp_path_factory.mktemp("aisdk_keyed")
     with redis_dbs.database() as url, relay_system(workdir, url, env, workers=0) as system:
         yield system
@@ -202,6 +251,36 @@ async def test_a_chat_is_its_keys(keyed: RelaySystem) -> None:
         assert cancelled.status_code == 202
         assert cancelled.json()["status"] == "cancelled"
         assert (await http.get(f"{chat}/stream", headers=a)).status_code == 204
+
+
+async def test_a_page_of_an_allowed_origin_may_call(
+    keyed: RelaySystem, http: httpx.AsyncClient
+) -> None:
+    """CORS for a front end on another origin (``TOKENRELAY_CORS_ORIGINS``): the preflight of
+    the transport's POST with a key, the answer's headers readable; other origins refused."""
+    preflight = {
+        "Origin": PAGE,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+    async with httpx.AsyncClient(base_url=keyed.base_url, timeout=15) as c:
+        allowed = await c.options(CHAT, headers=preflight)
+        assert allowed.status_code == 200, allowed.text
+        assert allowed.headers["access-control-allow-origin"] == PAGE
+        assert "POST" in allowed.headers["access-control-allow-methods"]
+        assert allowed.headers["access-control-allow-headers"] == "authorization,content-type"
+        refused = await c.options(CHAT, headers={**preflight, "Origin": "http://evil.example"})
+        assert refused.status_code == 400
+        assert "access-control-allow-origin" not in refused.headers
+        chat_id = f"never-{uuid.uuid4()}"
+        headers = {"Origin": PAGE, "Authorization": "Bearer key-a"}
+        answered = await c.get(f"{CHAT}/{chat_id}/stream", headers=headers)
+        assert answered.status_code == 204
+        assert answered.headers["access-control-allow-origin"] == PAGE
+        assert "x-tokenrelay-job" in answered.headers["access-control-expose-headers"].lower()
+    # Off unless configured: the session system sends no CORS headers.
+    plain = await http.options(CHAT, headers=preflight)
+    assert "access-control-allow-origin" not in plain.headers
 
 
 def test_the_ai_sdk_in_node(system: RelaySystem, upstream: UpstreamServer) -> None:
