@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -229,8 +230,9 @@ def keyed(
 async def test_a_chat_is_its_keys(keyed: RelaySystem) -> None:
     a = {"Authorization": "Bearer key-a"}
     b = {"Authorization": "Bearer key-b"}
-    sent = body("openai/hello", "hi")
-    chat = f"{CHAT}/{sent['id']}"
+    chat_id = f"team/{uuid.uuid4()} ü"  # any id the app makes: the SDK encodes it in the URL
+    sent = body("openai/hello", "hi", chat_id=chat_id)
+    chat = f"{CHAT}/{quote(chat_id, safe='')}"
     async with httpx.AsyncClient(base_url=keyed.base_url, timeout=15) as http:
         async with http.stream("POST", CHAT, json=sent, headers=a) as response:
             assert response.status_code == 200

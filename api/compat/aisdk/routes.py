@@ -95,7 +95,7 @@ async def chat(body: ChatRequest, r: RelayDep, tenant: TenantDep) -> StreamingRe
     return _stream(r, record.id)
 
 
-@router.get("/chat/{chat_id}/stream", responses=FOLLOWED, response_model=None)
+@router.get("/chat/{chat_id:path}/stream", responses=FOLLOWED, response_model=None)
 async def chat_stream(chat_id: ChatId, r: RelayDep, tenant: TenantDep) -> Response:
     """The chat's running answer (``reconnectToStream``): all of it so far with the same message
     id, then live to its end; 204 when none is running. Any number of clients may follow."""
@@ -108,7 +108,7 @@ async def chat_stream(chat_id: ChatId, r: RelayDep, tenant: TenantDep) -> Respon
     return _stream(r, generation.job_id)
 
 
-@router.post("/chat/{chat_id}/cancel", responses=CANCELLED, response_model=None)
+@router.post("/chat/{chat_id:path}/cancel", responses=CANCELLED, response_model=None)
 async def chat_cancel(chat_id: ChatId, r: RelayDep, tenant: TenantDep) -> JSONBody:
     """Stop the chat's current generation on the server (what the client's ``stop()`` only
     does locally); answers the job as ``POST /v1/jobs/{id}/cancel`` does."""
