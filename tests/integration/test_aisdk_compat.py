@@ -29,6 +29,7 @@ NODE_TIMEOUT_S = 300
 NODE_TESTS = 14  # 7 for each version of `ai`
 CHAT = "/v1/ai-sdk/chat"
 PAGE = "http://page.example:5173"
+RATE_LIMIT = 2
 STREAM_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",
     "cache-control": "no-cache",
@@ -158,10 +159,15 @@ async def test_tools_and_options_reach_the_upstream(
 async def test_an_answer_outlives_the_api_process(
     tmp_path: Path, redis_db: str, upstream: UpstreamServer
 ) -> None:
-    """The API that started an answer is killed mid-answer; a new one resumes all of it."""
-    with relay_system(tmp_path, redis_db, system_env(upstream)) as system:
+    """The API process that started an answer is killed mid-answer; another API process of
+    the deployment resumes all of it."""
+    env = system_env(upstream)
+    with (
+        relay_system(tmp_path / "other", redis_db, env, workers=0) as other,
+        relay_system(tmp_path / "first", redis_db, env) as first,
+    ):
         sent = body("openai/slow", "tell me")
-        async with httpx.AsyncClient(base_url=system.base_url, timeout=15) as http:
+        async with httpx.AsyncClient(base_url=first.base_url, timeout=15) as http:
             async with http.stream("POST", CHAT, json=sent) as response:
                 seen = b""
                 async with asyncio.timeout(30):
@@ -169,14 +175,15 @@ async def test_an_answer_outlives_the_api_process(
                         seen += piece
                         if seen.count(b'"text-delta"') >= 3:
                             break
-            assert system.api is not None
-            system.api.send_signal(signal.SIGKILL)
-            system.api.wait(10)
-            system.start_api()
+        assert first.api is not None
+        first.api.send_signal(signal.SIGKILL)
+        first.api.wait(10)
+        async with httpx.AsyncClient(base_url=other.base_url, timeout=15) as http:
             resumed = await http.get(f"{CHAT}/{sent['id']}/stream")
         assert resumed.status_code == 200
         got = parts(resumed.content)
-        assert got[: len(parts(seen))] == parts(seen)
+        before = parts(seen[: seen.rindex(b"\n\n") + 2])  # whole frames
+        assert len(before) >= 5 and got[: len(before)] == before
         text = "".join(p["delta"] for p in got if p != "[DONE]" and p["type"] == "text-delta")
         assert text == "".join(f"s{i} " for i in range(50))
         assert got[-2:] == [{"type": "finish", "finishReason": "stop"}, "[DONE]"]
@@ -219,9 +226,14 @@ async def test_a_chat_without_generation(http: httpx.AsyncClient) -> None:
 def keyed(
     tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDatabases, upstream: UpstreamServer
 ) -> Iterator[RelaySystem]:
-    """An API with keys ``key-a`` and ``key-b``, pages from ``PAGE`` allowed (CORS), and no
-    worker: its jobs stay queued."""
-    env = system_env(upstream, TOKENRELAY_API_KEYS="key-a,key-b", TOKENRELAY_CORS_ORIGINS=PAGE)
+    """An API with keys ``key-a`` and ``key-b`` (``RATE_LIMIT`` jobs a minute each), pages from
+    ``PAGE`` allowed (CORS), and no worker: its jobs stay queued."""
+    env = system_env(
+        upstream,
+        TOKENRELAY_API_KEYS="key-a,key-b",
+        TOKENRELAY_CORS_ORIGINS=PAGE,
+        TOKENRELAY_RATE_LIMIT_PER_MIN=str(RATE_LIMIT),
+    )
     workdir: Path = tmp_path_factory.mktemp("aisdk_keyed")
     with redis_dbs.database() as url, relay_system(workdir, url, env, workers=0) as system:
         yield system
@@ -253,6 +265,22 @@ async def test_a_chat_is_its_keys(keyed: RelaySystem) -> None:
         assert cancelled.status_code == 202
         assert cancelled.json()["status"] == "cancelled"
         assert (await http.get(f"{chat}/stream", headers=a)).status_code == 204
+
+
+async def test_the_rate_limit_is_a_json_error_with_retry_after(keyed: RelaySystem) -> None:
+    b = {"Authorization": "Bearer key-b"}
+    statuses = []
+    async with httpx.AsyncClient(base_url=keyed.base_url, timeout=15) as http:
+        # At most RATE_LIMIT a minute: a 429 within twice that and one, even across a minute.
+        for _ in range(2 * RATE_LIMIT + 1):
+            async with http.stream("POST", CHAT, json=body("openai/hello", "hi"), headers=b) as r:
+                statuses.append(r.status_code)
+                if r.status_code == 429:
+                    await r.aread()
+                    assert int(r.headers["retry-after"]) >= 1
+                    assert r.json()["error"]["type"] == "rate_limit_error"
+                    break
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {200}, statuses
 
 
 async def test_a_page_of_an_allowed_origin_may_call(
