@@ -22,11 +22,11 @@ import pytest
 
 from tests.support.servers import RedisDatabases
 from tests.support.system import ROOT, RelaySystem, relay_system, system_env
-from tests.upstream_server import HELLO, UpstreamServer
+from tests.upstream_server import HELLO, Scenario, UpstreamServer
 
 JS_DIR = ROOT / "tests" / "js" / "aisdk"
 NODE_TIMEOUT_S = 300
-NODE_TESTS = 14  # 7 for each version of `ai`
+NODE_TESTS = 16  # 8 for each version of `ai`
 CHAT = "/v1/ai-sdk/chat"
 PAGE = "http://page.example:5173"
 RATE_LIMIT = 2
@@ -317,6 +317,7 @@ def test_the_ai_sdk_in_node(system: RelaySystem, upstream: UpstreamServer) -> No
     """``node --test`` in tests/js/aisdk: the current major of ``ai`` and 5.x, each through
     ``DefaultChatTransport`` and a ``Chat`` resuming mid-answer."""
     assert (JS_DIR / "node_modules" / "ai").is_dir(), "run `make js` (npm ci in tests/js/aisdk)"
+    upstream.add("pause", Scenario(pieces=HELLO, first_delay_s=1.5))  # keep-alives first
     nonce = uuid.uuid4().hex
     env = {**os.environ, "TOKENRELAY_URL": system.base_url, "NONCE": nonce}
     done = subprocess.run(

@@ -129,6 +129,13 @@ export function transportSuite(ai, label) {
     assert.equal(record.status, 'failed');
   });
 
+  test(`${label}: keep-alive comments while the model is silent are passed over`, async () => {
+    // `pause`: the pytest driver's scenario, 1.5 s before the first token (keep-alive: 0.5 s).
+    const chunks = await collect(await send(transport, chatId(label), [user('x')], 'openai/pause'));
+    assert.equal(textOf(chunks), HELLO);
+    assert.equal(chunks.at(-1).type, 'finish');
+  });
+
   test(`${label}: a bad request is a JSON error the SDK surfaces`, async () => {
     await assert.rejects(
       send(transport, chatId(label), [user('x')], 'nowhere/model'),
