@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 
 from api.compat.aisdk.render import HEADERS, UIMessageRenderer
 from api.compat.aisdk.schemas import CHAT_ID_CHARS, ChatRequest
-from api.compat.jobs import JOB_HEADER, rendered, responses, submit_drop_in, submit_responses
+from api.compat.jobs import JOB_HEADER, rendered, responses, submit_drop_in
 from api.deps import RelayDep, TenantDep
 from api.encoding import SSE_MEDIA_TYPE, JSONBody
 from api.errors import ApiError
@@ -31,10 +31,18 @@ from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID
 
 router = APIRouter(prefix="/v1/ai-sdk", tags=["ai-sdk"])
 
-CREATED = submit_responses(
-    "the answer as a UI message stream (v1), until `data: [DONE]`",
+CREATED = responses(
+    "the answer as a UI message stream (v1), until `data: [DONE]`; the job's own failure is an "
+    "`error` part in it",
     (SSE_MEDIA_TYPE,),
-    waiting="never: errors of the job itself arrive as an `error` part",
+    {
+        400: "malformed request",
+        404: "the chat is another API key's",
+        413: "request body or prompt too large",
+        422: "invalid request, a malformed message part, or an unknown upstream",
+        429: "this key's rate limit",
+        503: "the queue is full, or Redis is unreachable",
+    },
 )
 FOLLOWED: dict[int | str, dict[str, Any]] = {
     **responses(
