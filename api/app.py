@@ -8,10 +8,12 @@ from pathlib import Path
 
 import structlog
 from fastapi import FastAPI, Response
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tokenrelay
 from api import errors
+from api.compat.aisdk import router as aisdk_router
 from api.compat.ollama import router as ollama_router
 from api.compat.openai import router as openai_router
 from api.errors import error_response, headers_too_large
@@ -125,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(listing_router)
     app.include_router(openai_router)
     app.include_router(ollama_router)
+    app.include_router(aisdk_router)
 
     page = (Path(__file__).parent / "static" / "index.html").read_bytes()
 
@@ -139,5 +142,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.cors_origin_list:  # outside the body limit: its 413 reaches the page readable
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origin_list),
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],  # answers the headers a preflight asks for, Authorization too
+            expose_headers=["X-Tokenrelay-Job", "Location", "Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(HeaderLimit, limit=settings.max_header_bytes)  # the outer one: first
     return app

@@ -65,6 +65,12 @@ def idempotency_key(scope: str, key_digest: str) -> str:
     return f"{KEY_PREFIX}:idem:{scope}:{key_digest}"
 
 
+def chat_key(chat_id_digest: str) -> str:
+    """On the queue Redis: an AI SDK chat's current generation, ``<tenant> <job id>``
+    (``api.compat.aisdk``); set in the MULTI/EXEC that enqueues the job."""
+    return f"{KEY_PREFIX}:chat:{chat_id_digest}"
+
+
 # --- the queue Redis ---------------------------------------------------------------------------
 
 LEASES_KEY = f"{KEY_PREFIX}:leases"

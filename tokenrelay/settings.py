@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     max_events_per_job: int = Field(default=50_000, ge=10, description="then it ends: length")
     rate_limit_per_min: int = Field(default=0, ge=0, description="jobs per key a minute; 0 = off")
     max_queue_depth: int = Field(default=10_000, gt=0, description="queued jobs; then 503")
+    cors_origins: str = Field(
+        default="", description="browser origins that may call the API, comma-separated; * any"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
@@ -138,3 +141,7 @@ class Settings(BaseSettings):
     def api_key_list(self) -> tuple[str, ...]:
         raw = self.api_keys.get_secret_value()
         return tuple(key.strip() for key in raw.split(",") if key.strip())
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        return tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())

@@ -4,7 +4,7 @@ followed and rendered as a stream, its end awaited, a failed job's HTTP error.""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from fastapi import Request
@@ -114,11 +114,19 @@ def job_request(fields: Mapping[str, Any], params: Mapping[str, str]) -> JobRequ
         raise ApiError(422, f"{param}: {message}" if param else message, param=param) from None
 
 
-async def submit_drop_in(r: Relay, tenant: str, body: DropInRequest, *, via: str) -> JobRecord:
+async def submit_drop_in(
+    r: Relay,
+    tenant: str,
+    body: DropInRequest,
+    *,
+    via: str,
+    job_id: str | None = None,
+    on_enqueue: Callable[[Any], None] | None = None,
+) -> JobRecord:
     """Submit the job ``body`` asks for, as ``POST /v1/jobs`` would, for the model the client
-    named; the record keeps ``body.compat()``; ``via`` names the route for the log. Returns
-    the queued job's record. Raises ``ApiError`` as ``split_model``, ``job_request`` and
-    ``submission.submit`` do."""
+    named; the record keeps ``body.compat()``; ``via`` names the route for the log; ``job_id``
+    and ``on_enqueue`` as ``submission.submit`` takes them. Returns the queued job's record.
+    Raises ``ApiError`` as ``split_model``, ``job_request`` and ``submission.submit`` do."""
     upstream, model = split_model(r.settings, body.model)
     fields = {**body.job_input(), **body.job_fields()}
     if upstream is not None:
@@ -132,6 +140,8 @@ async def submit_drop_in(r: Relay, tenant: str, body: DropInRequest, *, via: str
         job_request(fields, body.job_params),
         via=via,
         extra_fields={COMPAT_FIELD: compat},
+        job_id=job_id,
+        on_enqueue=on_enqueue,
     )
     return JobRecord(
         submitted.id,

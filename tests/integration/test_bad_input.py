@@ -97,7 +97,14 @@ def raw(text: str) -> bytes:
     return text.encode()
 
 
+def ui_chat(**fields: Any) -> dict[str, Any]:
+    """A valid ``POST /v1/ai-sdk/chat`` body with ``fields`` changed."""
+    user = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}
+    return {"id": "chat-1", "model": "hello", "messages": [user], **fields}
+
+
 EVENTS = "GET /v1/jobs/{job_id}/events"
+AI_CHAT = "POST /v1/ai-sdk/chat"
 CHAT_EVENTS = "GET /v1/chat/completions/{completion_id}/events"
 
 CASES = [
@@ -498,6 +505,56 @@ CASES = [
         param="options.temperature",
     ),
     case("POST /api/generate", "body is not JSON", 400, content=b"model=m", headers=JSON),
+    # --- the AI SDK's chat transport -----------------------------------------------------------
+    case(AI_CHAT, "no messages", 422, json=ui_chat(messages=[]), param="messages"),
+    case(AI_CHAT, "no model", 422, json={**ui_chat(), "model": None}, param="model"),
+    case(AI_CHAT, "no chat id", 422, json={**ui_chat(), "id": None}, param="id"),
+    case(AI_CHAT, "chat id too long", 422, json=ui_chat(id="c" * 257), param="id"),
+    case(AI_CHAT, "unknown upstream", 422, json=ui_chat(model="nowhere/m"), param="model"),
+    case(
+        AI_CHAT,
+        "text part without text",
+        422,
+        json=ui_chat(messages=[{"role": "user", "parts": [{"type": "text"}]}]),
+    ),
+    case(
+        AI_CHAT,
+        "unknown role",
+        422,
+        json=ui_chat(messages=[{"role": "tool", "parts": [{"type": "text", "text": "x"}]}]),
+    ),
+    case(AI_CHAT, "unknown trigger", 422, json=ui_chat(trigger="again"), param="trigger"),
+    case(AI_CHAT, "body is not JSON", 400, content=b"{", headers=JSON),
+    case(
+        "GET /v1/ai-sdk/chat/{chat_id}/stream",
+        "chat id too long",
+        422,
+        path=f"/v1/ai-sdk/chat/{'c' * 257}/stream",
+    ),
+    case(
+        "POST /v1/ai-sdk/chat/{chat_id}/cancel",
+        "no generation",
+        404,
+        path="/v1/ai-sdk/chat/never-ran/cancel",
+        param="chatId",
+    ),
+    case("GET /v1/ai-sdk/chat", "wrong method", 405),
+    case(AI_CHAT, "no key", 401, json=ui_chat(), keyed=True),
+    case(
+        "GET /v1/ai-sdk/chat/{chat_id}/stream",
+        "no key",
+        401,
+        path="/v1/ai-sdk/chat/c/stream",
+        keyed=True,
+    ),
+    case(
+        "POST /v1/ai-sdk/chat/{chat_id}/cancel",
+        "unknown key",
+        401,
+        path="/v1/ai-sdk/chat/c/cancel",
+        keyed=True,
+        key="Bearer nope",
+    ),
     # --- wrong methods, unknown routes ------------------------------------------------------
     case("DELETE /v1/jobs/{job_id}", "wrong method", 405),
     case("PUT /v1/jobs", "wrong method", 405),

@@ -1,0 +1,40 @@
+// ai 5.x against tokenrelay: the transport suite, and a Chat's resume.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import * as ai from 'ai5';
+import { API, ArrayState, chatId, job, transportSuite, until, within } from './suite.mjs';
+
+transportSuite(ai, 'ai5');
+
+class Chat extends ai.AbstractChat {
+  constructor({ messages, ...init }) {
+    super({ ...init, state: new ArrayState(messages) });
+  }
+}
+
+const assistantText = m => m.parts.filter(p => p.type === 'text').map(p => p.text).join('');
+
+test('ai5: a Chat reloaded mid-answer resumes it from the saved question', async () => {
+  const id = chatId('resume5');
+  const transport = new ai.DefaultChatTransport({ api: API, body: { model: 'openai/slow' } });
+  const before = new Chat({ id, transport });
+  const sent = before.sendMessage({ text: 'tell me a long story' });
+  await until(
+    () => before.messages.length === 2 && assistantText(before.messages[1]).length > 0,
+    20_000,
+    'the first words',
+  );
+  // ai 5 apps save messages when an answer finishes: the question is what the page kept.
+  const saved = structuredClone(before.messages.slice(0, 1));
+  await before.stop();
+  await within(sent);
+
+  const after = new Chat({ id, transport: new ai.DefaultChatTransport({ api: API }), messages: saved });
+  await within(after.resumeStream());
+  assert.equal(after.messages.length, 2, 'one answer');
+  const answer = after.messages[1];
+  assert.equal(answer.id, before.messages[1].id);
+  const record = await job(answer.id.replace(/^msg_/, ''));
+  assert.equal(record.status, 'succeeded');
+  assert.equal(assistantText(answer), record.text);
+});
