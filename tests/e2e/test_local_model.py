@@ -7,10 +7,12 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
+import openai
 import pytest
 
 from tests.integration.helpers import Ev, assert_well_formed, collect, parse_sse, texts
 from tests.support.system import RelaySystem
+from tokenrelay.cli.dev import LOCAL_MODEL
 
 pytestmark = pytest.mark.e2e
 
@@ -75,3 +77,46 @@ async def test_real_model_cancel_mid_stream(client: httpx.AsyncClient) -> None:
     job = (await client.get(f"/v1/jobs/{job_id}")).json()
     assert job["status"] == "cancelled"
     assert job["text"] == texts(events)
+
+
+async def test_real_model_through_the_responses_api_in_background(
+    model_system: RelaySystem,
+) -> None:
+    async with (
+        openai.AsyncOpenAI(
+            base_url=f"{model_system.base_url}/v1",
+            api_key="unused",
+            max_retries=0,
+            timeout=60,
+            _strict_response_validation=True,
+        ) as oa,
+        asyncio.timeout(180),
+    ):
+        stream = await oa.responses.create(
+            model=f"local/{LOCAL_MODEL}",
+            instructions="You are a storyteller.",
+            input=PROMPT[0]["content"],
+            max_output_tokens=60,
+            temperature=0,
+            background=True,
+            stream=True,
+        )
+        seen = []
+        async for event in stream:
+            seen.append(event)
+            if sum(e.type == "response.output_text.delta" for e in seen) == 5:
+                break
+        await stream.close()
+        rid = seen[0].response.id
+        n = seen[-1].sequence_number
+        resumed = await oa.responses.retrieve(rid, stream=True, starting_after=n)
+        rest = [event async for event in resumed]
+        retrieved = await oa.responses.retrieve(rid)
+    events = seen + rest
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1]
+    assert final.type in ("response.completed", "response.incomplete")
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert len(text) > 20 and text == final.response.output_text == retrieved.output_text
+    assert final.response.usage is not None
+    assert 0 < final.response.usage.output_tokens <= 60
