@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -120,3 +123,19 @@ async def test_real_model_through_the_responses_api_in_background(
     assert len(text) > 20 and text == final.response.output_text == retrieved.output_text
     assert final.response.usage is not None
     assert 0 < final.response.usage.output_tokens <= 60
+
+
+def test_the_readme_responses_example_runs(model_system: RelaySystem) -> None:
+    """The README's background-mode example, as written, with the test system's address."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("### OpenAI's Responses API, with background mode", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "http://127.0.0.1:8000/v1" in example
+    example = example.replace("http://127.0.0.1:8000/v1", f"{model_system.base_url}/v1")
+    run = subprocess.run(
+        [sys.executable, "-c", example], capture_output=True, text=True, timeout=180, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    story, rest = run.stdout.split("\n[reconnecting]\n", 1)
+    assert story.strip() and "tokens]" in rest
+    assert "\nqueued\n" in rest and len(rest.rsplit("queued\n", 1)[1].strip()) > 5
