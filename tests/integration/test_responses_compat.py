@@ -17,6 +17,7 @@ import pytest
 from openai.types.responses import ResponseStreamEvent
 
 from tests.integration.helpers import collect, wait_status
+from tests.support.servers import RedisDatabases
 from tests.support.system import RelaySystem, relay_system, system_env
 from tests.upstream_server import HELLO, SCENARIOS, Scenario, UpstreamServer
 
@@ -100,7 +101,7 @@ def slow(upstream: UpstreamServer, name: str, n: int = 40, delay_s: float = 0.05
 def test_background_stream_dropped_then_resumed_by_sequence_number(
     client: openai.OpenAI, system: RelaySystem, upstream: UpstreamServer, kind: str
 ) -> None:
-    expected = slow(upstream, f"bg_{kind}")
+    expected = slow(upstream, f"bg_{kind}", n=60)
     stream = client.responses.create(
         model=f"{kind}/bg_{kind}", input=f"bg_{kind}", background=True, stream=True
     )
@@ -126,7 +127,7 @@ def test_background_stream_dropped_then_resumed_by_sequence_number(
     final = rest[-1]
     assert final.type == "response.completed"
     assert deltas(seen + rest) == final.response.output_text == expected
-    assert final.response.usage is not None and final.response.usage.output_tokens == 40
+    assert final.response.usage is not None and final.response.usage.output_tokens == 60
 
     # The helper asks for the whole stream and accumulates it.
     with client.responses.stream(response_id=rid) as helper:
@@ -225,9 +226,11 @@ def test_cancel_twice(client: openai.OpenAI, upstream: UpstreamServer) -> None:
     while client.responses.retrieve(queued.id).output_text.count(" ") < 3:
         assert time.monotonic() < deadline, "the response never got going"
         time.sleep(0.05)
+    with pytest.raises(openai.BadRequestError):
+        client.responses.delete(queued.id)  # not while it runs
     t0 = time.monotonic()
     cancelled = client.responses.cancel(queued.id)
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 3.0
     assert cancelled.status == "cancelled" and cancelled.output_text.startswith("rs_cancel0 ")
     assert upstream.wait_for_disconnect("rs_cancel", timeout=1.0)
     again = client.responses.cancel(queued.id)
@@ -366,6 +369,28 @@ async def test_two_followers_see_the_same_numbered_events(
     assert (await aclient.responses.retrieve(queued.id)).output_text == expected
 
 
+async def test_the_sse_frames_and_resuming_by_last_event_id(http: httpx.AsyncClient) -> None:
+    body = {"model": "openai/hello", "input": "hello", "stream": True}
+    async with asyncio.timeout(20):
+        created = await http.post("/v1/responses", json=body)
+        job_id = created.headers["x-tokenrelay-job"]
+        blocks = [b for b in created.text.split("\n\n") if b]
+        rid = "resp_" + job_id.removeprefix("job_")
+        resumed = await http.get(
+            f"/v1/responses/{rid}", params={"stream": "true"}, headers={"Last-Event-ID": "5"}
+        )
+        bad = await http.get(
+            f"/v1/responses/{rid}", params={"stream": "true"}, headers={"Last-Event-ID": "x"}
+        )
+        by_job_id = await http.get(f"/v1/responses/{job_id}", params={"stream": "true"})
+    for n, block in enumerate(blocks):
+        event, id_, data = block.split("\n")
+        assert id_ == f"id: {n}" and event == f"event: {json.loads(data[6:])['type']}"
+    assert [b for b in resumed.text.split("\n\n") if b] == blocks[6:]
+    assert by_job_id.text == created.text
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "Last-Event-ID"
+
+
 # --- errors in OpenAI's shape ---------------------------------------------------------------
 
 
@@ -400,6 +425,8 @@ def test_unknown_ids_and_unsupported_fields(client: openai.OpenAI, system: Relay
     with pytest.raises(openai.UnprocessableEntityError) as unknown_upstream:
         client.responses.create(model="nowhere/gpt", input="hi")
     assert unknown_upstream.value.body["param"] == "model"  # type: ignore[index]
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.responses.create(model="openai/hello", input="hi", background=True, store=False)
     with pytest.raises(openai.UnprocessableEntityError) as prompt_only:
         client.responses.create(model="sse/hello", input="hi", instructions="Be brief.")
     assert prompt_only.value.body["param"] == "input"  # type: ignore[index]
@@ -451,3 +478,42 @@ async def test_a_killed_worker_ends_the_response_failed(
     assert last.response.error is not None and last.response.error.code == "server_error"
     assert last.response.error.message.startswith("worker_lost: ")
     assert numbered(events) == list(range(len(events)))
+
+
+# --- keys: auth and ownership -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keyed_system(
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDatabases, upstream: UpstreamServer
+) -> Iterator[RelaySystem]:
+    """An API (no worker: responses stay queued) with two API keys."""
+    env = system_env(upstream, TOKENRELAY_API_KEYS="key-1,key-2")
+    workdir: Path = tmp_path_factory.mktemp("responses-keyed")
+    with redis_dbs.database() as url, relay_system(workdir, url, env, workers=0) as sys_:
+        yield sys_
+
+
+@pytest.mark.timeout(30)
+def test_a_response_is_its_keys_alone(keyed_system: RelaySystem) -> None:
+    with (
+        _client(keyed_system.base_url, "key-1") as one,
+        _client(keyed_system.base_url, "key-2") as two,
+    ):
+        queued = one.responses.create(model="openai/hello", input="hi", background=True)
+        assert one.responses.retrieve(queued.id).status == "queued"
+        for call in (two.responses.retrieve, two.responses.cancel, two.responses.delete):
+            with pytest.raises(openai.NotFoundError):
+                call(queued.id)
+        with pytest.raises(openai.NotFoundError):
+            two.responses.create(model="openai/hello", input="hi", previous_response_id=queued.id)
+        # Cancelled while queued: it ends at once, without a worker.
+        cancelled = one.responses.cancel(queued.id)
+        assert cancelled.status == "cancelled" and cancelled.output == []
+        events = list(one.responses.retrieve(queued.id, stream=True))
+        assert [e.type for e in events] == ["response.created", "response.incomplete"]
+    with _client(keyed_system.base_url, "wrong") as unkeyed:
+        with pytest.raises(openai.AuthenticationError):
+            unkeyed.responses.retrieve(queued.id)
+        with pytest.raises(openai.AuthenticationError):
+            unkeyed.responses.create(model="openai/hello", input="hi")

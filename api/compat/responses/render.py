@@ -215,10 +215,14 @@ class _Item:
 
     output_index: int
     kind: str  # "message" | "function_call"
-    text: str = ""
+    parts: list[str] = field(default_factory=list)  # the text or arguments (joined once)
     call_id: str = ""
     name: str = ""
     done: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 class EventRenderer:
@@ -291,7 +295,7 @@ class EventRenderer:
             where.pop("logprobs")
             out.append(("response.output_item.added", self._item_event(item)))
             out.append(("response.content_part.added", {**where, "part": text_part("")}))
-        item.text += delta
+        item.parts.append(delta)
         out.append(("response.output_text.delta", {**self._where(item), "delta": delta}))
         return out
 
@@ -308,7 +312,7 @@ class EventRenderer:
         elif event.name and not item.name:
             item.name = event.name
         if event.arguments:
-            item.text += event.arguments
+            item.parts.append(event.arguments)
             where = {"item_id": self.view.item_id("fc", item.output_index)}
             out.append(
                 (
@@ -350,11 +354,12 @@ class EventRenderer:
             return []
         item.done = True
         out: list[tuple[str, dict[str, Any]]] = []
+        text = item.text
         if item.kind == "message":
             where = self._where(item)
-            out.append(("response.output_text.done", {**where, "text": item.text}))
+            out.append(("response.output_text.done", {**where, "text": text}))
             where.pop("logprobs")
-            out.append(("response.content_part.done", {**where, "part": text_part(item.text)}))
+            out.append(("response.content_part.done", {**where, "part": text_part(text)}))
         else:
             out.append(
                 (
@@ -363,7 +368,7 @@ class EventRenderer:
                         "item_id": self.view.item_id("fc", item.output_index),
                         "output_index": item.output_index,
                         "name": item.name,
-                        "arguments": item.text,
+                        "arguments": text,
                     },
                 )
             )
