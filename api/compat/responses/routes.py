@@ -38,6 +38,7 @@ from api.compat.responses.schemas import ResponsesRequest
 from api.deps import RelayDep, TenantDep
 from api.encoding import SSE_MEDIA_TYPE, JSONBody
 from api.errors import ApiError
+from api.schemas import ErrorBody
 from api.state import Relay
 from tokenrelay.errors import JobNotFound, quoted
 from tokenrelay.settings import Settings
@@ -54,6 +55,7 @@ CREATED = submit_responses(
     ("application/json", SSE_MEDIA_TYPE),
     waiting="not streaming nor in the background",
 )
+CREATED[404] = {"model": ErrorBody, "description": "`previous_response_id` names no response"}
 FOUND = responses(
     "the Response now; with `stream`, its events (SSE) from the start or `starting_after`",
     ("application/json", SSE_MEDIA_TYPE),
