@@ -27,14 +27,8 @@ from api.compat.jobs import (
     submit_drop_in,
     submit_responses,
 )
-from api.compat.responses.render import (
-    EventRenderer,
-    ResponsesView,
-    conversation,
-    input_items,
-    response_of,
-)
-from api.compat.responses.schemas import ResponsesRequest
+from api.compat.responses.render import EventRenderer, ResponsesView, response_of
+from api.compat.responses.schemas import ResponsesRequest, conversation, input_items
 from api.deps import RelayDep, TenantDep
 from api.encoding import SSE_MEDIA_TYPE, JSONBody
 from api.errors import ApiError

@@ -1,4 +1,5 @@
-"""OpenAI's Responses API requests: ``POST /v1/responses``, as a job of chat messages.
+"""OpenAI's Responses API requests: ``POST /v1/responses``, as a job of chat messages, and
+back (a job's conversation, its input as items).
 
 The conversation a job sends is ``[instructions] + history + input``: the history is what an
 earlier response (``previous_response_id``) sent and answered, the input this request's items
@@ -23,6 +24,8 @@ from pydantic import (
 )
 
 from api.compat.base import DropInRequest
+from api.compat.responses.render import ResponsesView, message_item
+from tokenrelay.wire import JobRecord
 
 
 class ContentPart(BaseModel):
@@ -290,3 +293,86 @@ def input_messages(
                 {"role": "tool", "tool_call_id": item.call_id, "content": _text(item.output)}
             )
     return out
+
+
+def conversation(view: ResponsesView, record: JobRecord, text: str) -> list[dict[str, Any]]:
+    """What a response sent and answered, as chat messages, for a response that continues it
+    (``previous_response_id``): its instructions left out, as OpenAI does."""
+    request = record.request
+    messages = request.get("messages")
+    if messages is None:
+        sent = [{"role": "user", "content": request.get("prompt", "")}]
+    else:
+        sent = list(messages[1:] if view.echo.get("instructions") is not None else messages)
+    answer: dict[str, Any] = {"role": "assistant", "content": text}
+    calls = [
+        {
+            "id": view.call_id(call.id, i),
+            "type": "function",
+            "function": {"name": call.name or "", "arguments": call.arguments},
+        }
+        for i, call in enumerate(record.tool_calls)
+    ]
+    if calls:
+        answer["tool_calls"] = calls
+    if text or calls:
+        sent.append(answer)
+    return sent
+
+
+def input_items(view: ResponsesView, record: JobRecord) -> list[dict[str, Any]]:
+    """The request's input as Responses items (``GET .../input_items``), oldest first: what the
+    job sent after its instructions and the conversation it continued."""
+    request = record.request
+    messages = request.get("messages")
+    if messages is None:
+        messages = [{"role": "user", "content": request.get("prompt", "")}]
+    first = int(view.echo.get("input_from") or 0)
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(messages[first:], start=first):
+        role, content = message.get("role"), message.get("content")
+        text = content if isinstance(content, str) else _parts_text(content)
+        if role == "tool":
+            out.append(
+                {
+                    "id": f"fco_{view.suffix}_in{i}",
+                    "type": "function_call_output",
+                    "call_id": message.get("tool_call_id") or "",
+                    "output": text,
+                    "status": "completed",
+                }
+            )
+            continue
+        if role == "assistant":
+            if text:
+                item = message_item(view, 0, text, "completed")
+                out.append({**item, "id": f"msg_{view.suffix}_in{i}"})
+            for k, call in enumerate(message.get("tool_calls") or ()):
+                function = call.get("function") or {}
+                out.append(
+                    {
+                        "id": f"fc_{view.suffix}_in{i}_{k}",
+                        "type": "function_call",
+                        "call_id": call.get("id") or "",
+                        "name": function.get("name") or "",
+                        "arguments": function.get("arguments") or "",
+                        "status": "completed",
+                    }
+                )
+            continue
+        out.append(
+            {
+                "id": f"msg_{view.suffix}_in{i}",
+                "type": "message",
+                "role": role,
+                "status": "completed",
+                "content": [{"type": "input_text", "text": text}],
+            }
+        )
+    return out
+
+
+def _parts_text(content: Any) -> str:
+    if not isinstance(content, list):
+        return ""
+    return "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
