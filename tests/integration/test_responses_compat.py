@@ -193,6 +193,9 @@ def test_instructions_options_and_input_items(
         top_p=0.9,
         max_output_tokens=50,
         metadata={"ticket": "42"},
+        text={"format": {"type": "text"}},  # accepted: what every response is
+        truncation="disabled",
+        user="u-1",
     )
     (seen,) = [r.body for r in upstream.requests if r.scenario == "rs_options"]
     assert seen["messages"] == [
@@ -349,46 +352,46 @@ def test_max_output_tokens_ends_incomplete(
     assert client.responses.retrieve(last.response.id).status == "incomplete"
 
 
+@pytest.fixture
+def second_api(system: RelaySystem, tmp_path: Path) -> Iterator[RelaySystem]:
+    """Another API process on the session system's Redis (no worker of its own)."""
+    other = RelaySystem(tmp_path, system.redis_url, system.env)
+    try:
+        other.start_api()
+        yield other
+    finally:
+        other.stop()
+
+
 @pytest.mark.timeout(60)
-async def test_two_followers_see_the_same_numbered_events(
-    aclient: openai.AsyncOpenAI, upstream: UpstreamServer
+async def test_followers_on_two_api_processes_see_the_same_numbered_events(
+    aclient: openai.AsyncOpenAI, second_api: RelaySystem, upstream: UpstreamServer
 ) -> None:
     expected = slow(upstream, "rs_two", n=40, delay_s=0.03)
 
-    async def follow(rid: str) -> list[tuple[int, str, str]]:
-        stream = await aclient.responses.retrieve(rid, stream=True)
+    async def follow(client: openai.AsyncOpenAI, rid: str) -> list[tuple[int, str, str]]:
+        stream = await client.responses.retrieve(rid, stream=True)
         return [(e.sequence_number, e.type, e.model_dump_json()) async for e in stream]
 
-    async with asyncio.timeout(30):
+    async with (
+        openai.AsyncOpenAI(
+            base_url=f"{second_api.base_url}/v1",
+            api_key="unused",
+            max_retries=0,
+            timeout=20,
+            _strict_response_validation=True,
+        ) as other,
+        asyncio.timeout(30),
+    ):
         queued = await aclient.responses.create(model="openai/rs_two", input="hi", background=True)
-        one, two = await asyncio.gather(follow(queued.id), follow(queued.id))
-        late = await follow(queued.id)
-    assert one == two == late
+        one, two, three = await asyncio.gather(
+            follow(aclient, queued.id), follow(aclient, queued.id), follow(other, queued.id)
+        )
+        late = await follow(other, queued.id)
+    assert one == two == three == late
     assert [n for n, _, _ in one] == list(range(len(one)))
     assert one[-1][1] == "response.completed"
     assert (await aclient.responses.retrieve(queued.id)).output_text == expected
-
-
-async def test_the_sse_frames_and_resuming_by_last_event_id(http: httpx.AsyncClient) -> None:
-    body = {"model": "openai/hello", "input": "hello", "stream": True}
-    async with asyncio.timeout(20):
-        created = await http.post("/v1/responses", json=body)
-        job_id = created.headers["x-tokenrelay-job"]
-        blocks = [b for b in created.text.split("\n\n") if b]
-        rid = "resp_" + job_id.removeprefix("job_")
-        resumed = await http.get(
-            f"/v1/responses/{rid}", params={"stream": "true"}, headers={"Last-Event-ID": "5"}
-        )
-        bad = await http.get(
-            f"/v1/responses/{rid}", params={"stream": "true"}, headers={"Last-Event-ID": "x"}
-        )
-        by_job_id = await http.get(f"/v1/responses/{job_id}", params={"stream": "true"})
-    for n, block in enumerate(blocks):
-        event, id_, data = block.split("\n")
-        assert id_ == f"id: {n}" and event == f"event: {json.loads(data[6:])['type']}"
-    assert [b for b in resumed.text.split("\n\n") if b] == blocks[6:]
-    assert by_job_id.text == created.text
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "Last-Event-ID"
 
 
 # --- errors in OpenAI's shape ---------------------------------------------------------------
@@ -411,6 +414,11 @@ def test_unknown_ids_and_unsupported_fields(client: openai.OpenAI, system: Relay
     with pytest.raises(openai.UnprocessableEntityError) as unsupported:
         client.responses.create(model="openai/hello", input="hi", reasoning={"effort": "low"})
     assert "reasoning" in unsupported.value.message
+    with pytest.raises(openai.UnprocessableEntityError) as json_format:
+        client.responses.create(
+            model="openai/hello", input="hi", text={"format": {"type": "json_object"}}
+        )
+    assert "text" in json_format.value.message
     with pytest.raises(openai.UnprocessableEntityError) as choice:
         client.responses.create(model="openai/hello", input="hi", tool_choice="required")
     assert choice.value.body["param"] == "tool_choice"  # type: ignore[index]
