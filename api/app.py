@@ -16,6 +16,7 @@ from api import errors
 from api.compat.aisdk import router as aisdk_router
 from api.compat.ollama import router as ollama_router
 from api.compat.openai import router as openai_router
+from api.compat.responses import router as responses_router
 from api.errors import error_response, headers_too_large
 from api.jobs import router
 from api.listing import router as listing_router
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(ollama_router)
     app.include_router(aisdk_router)
+    app.include_router(responses_router)
 
     page = (Path(__file__).parent / "static" / "index.html").read_bytes()
 

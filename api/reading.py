@@ -15,6 +15,7 @@ from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID, EventId
 
 JOB_ID = re.compile(r"^job_[A-Za-z0-9_-]{22}$")
 ID_PREFIXES = ("chatcmpl-", "cmpl-")
+RESPONSE_PREFIX = "resp_"  # a Responses API id: ``resp_X`` is job ``job_X``
 REPLAY_PAGE = 1000
 
 
@@ -22,14 +23,16 @@ def _job_id(ref: str) -> str:
     job_id = ref
     for prefix in ID_PREFIXES:
         job_id = job_id.removeprefix(prefix)
+    if job_id.startswith(RESPONSE_PREFIX):
+        job_id = "job_" + job_id.removeprefix(RESPONSE_PREFIX)
     if not JOB_ID.match(job_id):
         raise JobNotFound(ref)
     return job_id
 
 
 async def load_job(r: Relay, ref: str, tenant: str) -> tuple[dict[str, str], str]:
-    """The fields and text of job ``ref`` (``job_...``, or a ``chatcmpl-``/``cmpl-`` id made
-    from one). Raises ``JobNotFound`` (404) when unknown, expired or another key's."""
+    """The fields and text of job ``ref`` (``job_...``, or a ``chatcmpl-``/``cmpl-``/``resp_``
+    id made from one). Raises ``JobNotFound`` (404) when unknown, expired or another key's."""
     job_id = _job_id(ref)
     found = await r.jobs.get_job(job_id)
     if found is None or not secrets.compare_digest(found[0].get("tenant", ""), tenant):

@@ -3,10 +3,12 @@ followed and rendered as a stream, its end awaited, a failed job's HTTP error.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
+import structlog
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
@@ -19,7 +21,9 @@ from api.state import Relay
 from api.submission import submit
 from tokenrelay.errors import clipped, quoted
 from tokenrelay.settings import Settings
-from tokenrelay.wire import ZERO_ID, EventId, JobRecord
+from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID, EventId, JobRecord, now_rfc3339
+
+log = structlog.get_logger("tokenrelay.api")
 
 JOB_HEADER = "X-Tokenrelay-Job"
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -173,7 +177,7 @@ async def ended_record(r: Relay, job_id: str) -> JobRecord | None:
 
 async def rendered(
     r: Relay, job_id: str, after: EventId, renderer: Renderer
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The job's events after ``after``, replayed then live, through ``renderer``: its
     keep-alive after ``keepalive_s`` of silence, the record with the batch that ends the job."""
     # The drop-in formats render each event in a form of their own: batches flattened.
@@ -224,6 +228,21 @@ async def wait_for_end(r: Relay, job_id: str, request: Request) -> None:
         async for got in batches:
             if got is None and await request.is_disconnected():
                 return
+
+
+async def cancel(r: Relay, record: JobRecord, request: Request, *, wait_s: float) -> bool:
+    """Cancel the job of ``record`` as ``POST /v1/jobs/{id}/cancel`` does (a queued one ends at
+    once, a running one's worker closes its upstream), then wait up to ``wait_s`` for its
+    end. False if it had already ended."""
+    if record.status in TERMINAL_STATUSES:
+        return False
+    if not await r.jobs.cancel(record.id, now_rfc3339()):
+        await r.control.signal_cancel(record.id)  # a worker has it
+    log.info("job_cancel_requested", job_id=record.id)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(wait_s):
+            await wait_for_end(r, record.id, request)
+    return True
 
 
 def failure(job_id: str, record: JobRecord | None) -> ApiError:

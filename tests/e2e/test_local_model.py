@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from tests.integration.helpers import Ev, assert_well_formed, collect, parse_sse, texts
 from tests.support.system import RelaySystem
+from tokenrelay.cli.dev import LOCAL_MODEL
 
 pytestmark = pytest.mark.e2e
 
@@ -75,3 +80,62 @@ async def test_real_model_cancel_mid_stream(client: httpx.AsyncClient) -> None:
     job = (await client.get(f"/v1/jobs/{job_id}")).json()
     assert job["status"] == "cancelled"
     assert job["text"] == texts(events)
+
+
+async def test_real_model_through_the_responses_api_in_background(
+    model_system: RelaySystem,
+) -> None:
+    async with (
+        openai.AsyncOpenAI(
+            base_url=f"{model_system.base_url}/v1",
+            api_key="unused",
+            max_retries=0,
+            timeout=60,
+            _strict_response_validation=True,
+        ) as oa,
+        asyncio.timeout(180),
+    ):
+        stream = await oa.responses.create(
+            model=f"local/{LOCAL_MODEL}",
+            instructions="You are a storyteller.",
+            input=PROMPT[0]["content"],
+            max_output_tokens=60,
+            temperature=0,
+            background=True,
+            stream=True,
+        )
+        seen = []
+        async for event in stream:
+            seen.append(event)
+            if sum(e.type == "response.output_text.delta" for e in seen) == 5:
+                break
+        await stream.close()
+        rid = seen[0].response.id
+        n = seen[-1].sequence_number
+        resumed = await oa.responses.retrieve(rid, stream=True, starting_after=n)
+        rest = [event async for event in resumed]
+        retrieved = await oa.responses.retrieve(rid)
+    events = seen + rest
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1]
+    assert final.type in ("response.completed", "response.incomplete")
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert len(text) > 20 and text == final.response.output_text == retrieved.output_text
+    assert final.response.usage is not None
+    assert 0 < final.response.usage.output_tokens <= 60
+
+
+def test_the_readme_responses_example_runs(model_system: RelaySystem) -> None:
+    """The README's background-mode example, as written, with the test system's address."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("### OpenAI's Responses API, with background mode", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "http://127.0.0.1:8000/v1" in example
+    example = example.replace("http://127.0.0.1:8000/v1", f"{model_system.base_url}/v1")
+    run = subprocess.run(
+        [sys.executable, "-c", example], capture_output=True, text=True, timeout=180, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    story, rest = run.stdout.split("\n[reconnecting]\n", 1)
+    assert story.strip() and "tokens]" in rest
+    assert "\nqueued\n" in rest and len(rest.rsplit("queued\n", 1)[1].strip()) > 5

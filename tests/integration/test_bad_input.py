@@ -89,6 +89,11 @@ def chat_job(**fields: Any) -> dict[str, Any]:
     return {"model": "hello", "messages": CHAT, **fields}
 
 
+def resp(**fields: Any) -> dict[str, Any]:
+    """A valid ``POST /v1/responses`` body with ``fields`` changed."""
+    return {"model": "hello", "input": "hi", **fields}
+
+
 def opts(**options: Any) -> dict[str, Any]:
     return job(options=options)
 
@@ -105,6 +110,7 @@ def ui_chat(**fields: Any) -> dict[str, Any]:
 
 EVENTS = "GET /v1/jobs/{job_id}/events"
 AI_CHAT = "POST /v1/ai-sdk/chat"
+RESPONSE = "GET /v1/responses/{response_id}"
 CHAT_EVENTS = "GET /v1/chat/completions/{completion_id}/events"
 
 CASES = [
@@ -473,6 +479,97 @@ CASES = [
         400,
         headers={"Last-Event-ID": "x-y"},
         param="Last-Event-ID",
+    ),
+    # --- OpenAI's Responses API -------------------------------------------------------------
+    case("POST /v1/responses", "an unsupported field", 422, json=resp(reasoning={}), param=None),
+    case("POST /v1/responses", "input is a number", 422, json=resp(input=5), param="input"),
+    case(
+        "POST /v1/responses",
+        "a reasoning item",
+        422,
+        json=resp(input=[{"type": "reasoning", "summary": []}]),
+        param=ANY,
+    ),
+    case(
+        "POST /v1/responses",
+        "tool_choice required",
+        422,
+        json=resp(tool_choice="required"),
+        param="tool_choice",
+    ),
+    case(
+        "POST /v1/responses",
+        "max_output_tokens is 0",
+        422,
+        json=resp(max_output_tokens=0),
+        param="max_output_tokens",
+    ),
+    case(
+        "POST /v1/responses",
+        "unknown previous_response_id",
+        404,
+        json=resp(previous_response_id=f"resp_{UNKNOWN_JOB.removeprefix('job_')}"),
+        param="previous_response_id",
+    ),
+    case("POST /v1/responses", "body is not JSON", 400, content=b"{", headers=JSON),
+    case("POST /v1/responses", "no key", 401, json=resp(), keyed=True),
+    case(
+        RESPONSE,
+        "unknown id",
+        404,
+        path=f"/v1/responses/resp_{UNKNOWN_JOB.removeprefix('job_')}",
+    ),
+    case(
+        RESPONSE,
+        "starting_after is negative",
+        422,
+        path="/v1/responses/{job}",
+        params={"stream": "true", "starting_after": "-1"},
+        param="starting_after",
+    ),
+    case(
+        RESPONSE,
+        "Last-Event-ID is junk",
+        400,
+        path="/v1/responses/{job}",
+        params={"stream": "true"},
+        headers={"Last-Event-ID": "1-0"},
+        param="Last-Event-ID",
+    ),
+    case(
+        RESPONSE,
+        "another key's response",
+        404,
+        path="/v1/responses/{other}",
+        keyed=True,
+        key="Bearer key-b",
+    ),
+    case(
+        "POST /v1/responses/{response_id}/cancel",
+        "another key's response",
+        404,
+        path="/v1/responses/{other}/cancel",
+        keyed=True,
+        key="Bearer key-b",
+    ),
+    case(
+        "DELETE /v1/responses/{response_id}", "unknown id", 404, path=f"/v1/responses/{UNKNOWN_JOB}"
+    ),
+    case(
+        "GET /v1/responses/{response_id}/input_items",
+        "limit is 0",
+        422,
+        path="/v1/responses/{job}/input_items",
+        params={"limit": "0"},
+        param="limit",
+    ),
+    case(
+        "GET /v1/responses/{response_id}/input_items",
+        "after names no item",
+        400,
+        path="/v1/responses/{job}/input_items",
+        params={"after": "msg_nope"},
+        param="after",
     ),
     # --- Ollama-compatible routes -----------------------------------------------------------
     case("POST /api/chat", "model is a number", 422, json={"model": 5}, param="model"),

@@ -166,6 +166,11 @@ class JobStore:
         await cast("Awaitable[int]", self.redis.hset(job_key(job_id), "cancel_requested", "1"))
         return False
 
+    async def delete(self, job_id: str) -> bool:
+        """Forget an ended job: its record, text and events (one slot, one command). True if
+        it was there. The caller makes sure it has ended: a worker would write on."""
+        return bool(await cast("Awaitable[int]", self.redis.delete(*job_keys(job_id))))
+
     async def require_job(self, job_id: str) -> dict[str, str]:
         raw = await cast("Awaitable[dict[bytes, bytes]]", self.redis.hgetall(job_key(job_id)))
         if not raw:

@@ -1,0 +1,407 @@
+"""OpenAI's Responses API format for a job: Response objects, and numbered stream events.
+
+Pure: the job record and its stored events in, bytes and JSON objects out. A stream is always
+rendered from the job's first event, so each event's ``sequence_number`` is a function of the
+stored stream alone: the same on every replay, from every API process. ``starting_after=N``
+renders from the start and drops what is numbered N or less (a replay costs the whole stream;
+a job's events are few thousand at most). The SSE ``id:`` is the sequence number.
+
+Ids come from the job id: ``resp_X`` for ``job_X``, ``msg_X_<n>`` and ``fc_X_<n>`` for output
+item ``n``, and ``call_X_<i>`` for a tool call the upstream sent without an id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from api.compat.base import View, compat_info, parse_time, requested_model
+from api.compat.openai.render import KEEPALIVE
+from tokenrelay.store.events import StoredEvent
+from tokenrelay.wire import (
+    DeltaEvent,
+    EndEvent,
+    ErrorEvent,
+    JobError,
+    JobRecord,
+    StartEvent,
+    ToolCallEvent,
+    Usage,
+    UsageEvent,
+    decode,
+)
+
+RESPONSE_PREFIX = "resp_"
+JOB_PREFIX = "job_"
+
+STATUS = {
+    "queued": "queued",
+    "running": "in_progress",
+    "succeeded": "completed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+"""A job's status -> the Response's (``completed`` becomes ``incomplete`` at a token limit)."""
+
+
+def response_id(job_id: str) -> str:
+    return RESPONSE_PREFIX + job_id.removeprefix(JOB_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesView(View):
+    """How one job is shown as a Response: what its request asked, echoed."""
+
+    job_id: str
+    created_at: float  # Unix seconds
+    echo: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, record: JobRecord) -> ResponsesView:
+        """The view of any job (one not made here: no instructions, no tools)."""
+        return cls(
+            model=requested_model(record),
+            chat=True,
+            job_id=record.id,
+            created_at=parse_time(record.created_at).timestamp(),
+            echo=compat_info(record),
+            metadata=record.metadata,
+        )
+
+    @property
+    def id(self) -> str:
+        return response_id(self.job_id)
+
+    @property
+    def suffix(self) -> str:
+        return self.job_id.removeprefix(JOB_PREFIX)
+
+    def item_id(self, kind: str, output_index: int) -> str:
+        return f"{kind}_{self.suffix}_{output_index}"
+
+    def call_id(self, call_id: str | None, tool_index: int) -> str:
+        return call_id or f"call_{self.suffix}_{tool_index}"
+
+    def response(
+        self,
+        status: str,
+        output: Sequence[Mapping[str, Any]] = (),
+        *,
+        usage: Usage | None = None,
+        error: JobError | None = None,
+    ) -> dict[str, Any]:
+        """The Response object in ``status`` (a Response status), with ``output`` items; a
+        finished one has ``usage`` (zeros when unknown)."""
+        echo = self.echo
+        finished = status not in ("queued", "in_progress")
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "background": bool(echo.get("background")),
+            "error": None if error is None else error_body(error),
+            "incomplete_details": (
+                {"reason": "max_output_tokens"} if status == "incomplete" else None
+            ),
+            "instructions": echo.get("instructions"),
+            "max_output_tokens": echo.get("max_output_tokens"),
+            "metadata": {str(k): str(v) for k, v in self.metadata.items()},
+            "model": self.model,
+            "output": list(output),
+            "parallel_tool_calls": True,
+            "previous_response_id": echo.get("previous_response_id"),
+            "store": echo.get("store", True),
+            "temperature": echo.get("temperature"),
+            "text": {"format": {"type": "text"}},
+            "tool_choice": echo.get("tool_choice", "auto"),
+            "tools": list(echo.get("tools") or ()),
+            "top_p": echo.get("top_p"),
+            "truncation": "disabled",
+            "usage": usage_body(usage) if finished else None,
+            "job_id": self.job_id,
+            "events_url": f"/v1/jobs/{self.job_id}/events",
+        }
+
+
+def usage_body(usage: Usage | None) -> dict[str, Any]:
+    """OpenAI's Response usage (every field its client requires; no cache, no reasoning)."""
+    inp, out = (0, 0) if usage is None else (usage.prompt_tokens, usage.completion_tokens)
+    return {
+        "input_tokens": inp,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": out,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": inp + out if usage is None else usage.total_tokens,
+    }
+
+
+def error_body(error: JobError) -> dict[str, Any]:
+    """A job's error as a Response's: OpenAI's clients take only OpenAI's codes, so the code is
+    ``rate_limit_exceeded`` or ``server_error`` and tokenrelay's error type leads the message."""
+    code = "rate_limit_exceeded" if error.status == 429 else "server_error"
+    return {"code": code, "message": f"{error.type}: {error.message}"}
+
+
+def message_item(
+    view: ResponsesView, output_index: int, text: str | None, status: str
+) -> dict[str, Any]:
+    """An assistant message output item (``text`` None: no content part yet)."""
+    content = [] if text is None else [text_part(text)]
+    return {
+        "id": view.item_id("msg", output_index),
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": content,
+    }
+
+
+def text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def call_item(
+    view: ResponsesView,
+    output_index: int,
+    call_id: str,
+    name: str,
+    arguments: str,
+    status: str,
+) -> dict[str, Any]:
+    return {
+        "id": view.item_id("fc", output_index),
+        "type": "function_call",
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+def response_of(view: ResponsesView, record: JobRecord, text: str) -> dict[str, Any]:
+    """The Response object of a job as it is now (``text``: everything so far): a message with
+    the text, then the tool calls (the order a stream shows them in)."""
+    status = STATUS[record.status]
+    if status == "completed" and record.finish_reason == "length":
+        status = "incomplete"
+    item_status = {"in_progress": "in_progress", "completed": "completed"}.get(status, "incomplete")
+    output: list[dict[str, Any]] = []
+    if text:
+        output.append(message_item(view, 0, text, item_status))
+    for i, call in enumerate(record.tool_calls):
+        call_id = view.call_id(call.id, i)
+        output.append(
+            call_item(view, len(output), call_id, call.name or "", call.arguments, item_status)
+        )
+    return view.response(status, output, usage=record.usage, error=record.error)
+
+
+def sse(event: Mapping[str, Any]) -> bytes:
+    return b"event: %s\nid: %d\ndata: %s\n\n" % (
+        str(event["type"]).encode(),
+        event["sequence_number"],
+        orjson.dumps(event),
+    )
+
+
+@dataclass
+class _Item:
+    """An output item being streamed: the message (its text) or a function call."""
+
+    output_index: int
+    kind: str  # "message" | "function_call"
+    parts: list[str] = field(default_factory=list)  # the text or arguments (joined once)
+    call_id: str = ""
+    name: str = ""
+    done: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class EventRenderer:
+    """A job's events as the Responses API's numbered stream events, as SSE.
+
+    Render from the job's first event, always: ``opening`` first, then every batch. Events
+    numbered ``starting_after`` or less are counted but not written.
+    """
+
+    def __init__(self, view: ResponsesView, *, starting_after: int = -1) -> None:
+        self.view = view
+        self.starting_after = starting_after
+        self.seq = 0
+        self.started = False
+        self.items: list[_Item] = []
+        self.calls: dict[int, _Item] = {}  # by the tool call's index
+        self.usage: Usage | None = None
+        self.error: JobError | None = None
+        self.done = False
+
+    def keepalive(self) -> bytes:
+        return KEEPALIVE
+
+    def opening(self) -> bytes:
+        """``response.created``: queued for a background response, else in progress."""
+        status = "queued" if self.view.echo.get("background") else "in_progress"
+        return self._emit([("response.created", {"response": self.view.response(status)})])
+
+    def render(self, events: Sequence[StoredEvent], record: JobRecord | None = None) -> bytes:
+        out: list[tuple[str, dict[str, Any]]] = []
+        for stored in events:
+            event = decode(stored.type, stored.id, stored.data)
+            if isinstance(event, StartEvent) and not self.started:  # a retry's start: no news
+                self.started = True
+                out.append(("response.in_progress", {"response": self._snapshot("in_progress")}))
+            elif isinstance(event, DeltaEvent) and event.text:
+                out += self._text(event.text)
+            elif isinstance(event, ToolCallEvent):
+                out += self._tool_call(event)
+            elif isinstance(event, UsageEvent):
+                self.usage = event.usage
+            elif isinstance(event, ErrorEvent):
+                self.error = event.error
+            elif isinstance(event, EndEvent):
+                out += self._end(event)
+        return self._emit(out)
+
+    def close(self) -> bytes:
+        return b""
+
+    # --- the events ---------------------------------------------------------------------------
+
+    def _emit(self, events: list[tuple[str, dict[str, Any]]]) -> bytes:
+        out = []
+        for type_, body in events:
+            event = {"type": type_, "sequence_number": self.seq, **body}
+            if self.seq > self.starting_after:
+                out.append(sse(event))
+            self.seq += 1
+        return b"".join(out)
+
+    def _text(self, delta: str) -> list[tuple[str, dict[str, Any]]]:
+        out: list[tuple[str, dict[str, Any]]] = []
+        item = self.items[-1] if self.items else None
+        if item is None or item.kind != "message" or item.done:
+            out += self._close_message()
+            item = _Item(len(self.items), "message")
+            self.items.append(item)
+            where = self._where(item)
+            where.pop("logprobs")
+            out.append(("response.output_item.added", self._item_event(item)))
+            out.append(("response.content_part.added", {**where, "part": text_part("")}))
+        item.parts.append(delta)
+        out.append(("response.output_text.delta", {**self._where(item), "delta": delta}))
+        return out
+
+    def _tool_call(self, event: ToolCallEvent) -> list[tuple[str, dict[str, Any]]]:
+        out: list[tuple[str, dict[str, Any]]] = []
+        item = self.calls.get(event.index)
+        if item is None:
+            out += self._close_message()
+            call_id = self.view.call_id(event.call_id, event.index)
+            item = _Item(len(self.items), "function_call", call_id=call_id, name=event.name or "")
+            self.items.append(item)
+            self.calls[event.index] = item
+            out.append(("response.output_item.added", self._item_event(item)))
+        elif event.name and not item.name:
+            item.name = event.name
+        if event.arguments:
+            item.parts.append(event.arguments)
+            where = {"item_id": self.view.item_id("fc", item.output_index)}
+            out.append(
+                (
+                    "response.function_call_arguments.delta",
+                    {**where, "output_index": item.output_index, "delta": event.arguments},
+                )
+            )
+        return out
+
+    def _end(self, end: EndEvent) -> list[tuple[str, dict[str, Any]]]:
+        self.done = True
+        reason = end.finish_reason
+        item_status = "completed" if reason in ("stop", "tool_calls") else "incomplete"
+        out: list[tuple[str, dict[str, Any]]] = []
+        for item in self.items:
+            out += self._close(item, item_status)
+        if reason in ("stop", "tool_calls"):
+            out.append(("response.completed", {"response": self._snapshot("completed")}))
+        elif reason == "length":
+            out.append(("response.incomplete", {"response": self._snapshot("incomplete")}))
+        elif reason == "cancelled":
+            # OpenAI's stream has no event of its own for it: the end of an unfinished response,
+            # whose status says why.
+            out.append(("response.incomplete", {"response": self._snapshot("cancelled")}))
+        else:
+            error = self.error or JobError("internal", "the job failed", retryable=False)
+            failed = self._snapshot("failed", error=error)
+            out.append(("response.failed", {"response": failed}))
+        return out
+
+    def _close_message(self) -> list[tuple[str, dict[str, Any]]]:
+        item = self.items[-1] if self.items else None
+        if item is None or item.kind != "message" or item.done:
+            return []
+        return self._close(item, "completed")
+
+    def _close(self, item: _Item, status: str) -> list[tuple[str, dict[str, Any]]]:
+        if item.done:
+            return []
+        item.done = True
+        out: list[tuple[str, dict[str, Any]]] = []
+        text = item.text
+        if item.kind == "message":
+            where = self._where(item)
+            out.append(("response.output_text.done", {**where, "text": text}))
+            where.pop("logprobs")
+            out.append(("response.content_part.done", {**where, "part": text_part(text)}))
+        else:
+            out.append(
+                (
+                    "response.function_call_arguments.done",
+                    {
+                        "item_id": self.view.item_id("fc", item.output_index),
+                        "output_index": item.output_index,
+                        "name": item.name,
+                        "arguments": text,
+                    },
+                )
+            )
+        out.append(("response.output_item.done", self._item_event(item, status)))
+        return out
+
+    # --- objects ------------------------------------------------------------------------------
+
+    def _where(self, item: _Item) -> dict[str, Any]:
+        return {
+            "item_id": self.view.item_id("msg", item.output_index),
+            "output_index": item.output_index,
+            "content_index": 0,
+            "logprobs": [],
+        }
+
+    def _item(self, item: _Item, status: str) -> dict[str, Any]:
+        if item.kind == "message":
+            text = item.text if item.done else None
+            return message_item(self.view, item.output_index, text, status)
+        return call_item(
+            self.view, item.output_index, item.call_id, item.name, item.text if item.done else "",
+            status,
+        )  # fmt: skip
+
+    def _item_event(self, item: _Item, status: str = "in_progress") -> dict[str, Any]:
+        return {"output_index": item.output_index, "item": self._item(item, status)}
+
+    def _snapshot(self, status: str, *, error: JobError | None = None) -> dict[str, Any]:
+        final = status not in ("queued", "in_progress")
+        output = [self._item(item, item_status(status)) for item in self.items] if final else []
+        return self.view.response(status, output, usage=self.usage, error=error)
+
+
+def item_status(response_status: str) -> str:
+    return "completed" if response_status == "completed" else "incomplete"
