@@ -26,7 +26,7 @@ from tests.upstream_server import HELLO, Scenario, UpstreamServer
 
 JS_DIR = ROOT / "tests" / "js" / "aisdk"
 NODE_TIMEOUT_S = 300
-NODE_TESTS = 16  # 8 for each version of `ai`
+NODE_TESTS = 18  # 9 for each version of `ai`
 CHAT = "/v1/ai-sdk/chat"
 PAGE = "http://page.example:5173"
 RATE_LIMIT = 2
@@ -360,3 +360,78 @@ def test_the_ai_sdk_in_node(system: RelaySystem, upstream: UpstreamServer) -> No
             ("call_1", {"result": "call_1 done"}),
             ("call_2", {"result": "call_2 done"}),
         ]
+
+
+CONTINUED = {
+    "id": "asst-continued-1",
+    "role": "assistant",
+    "parts": [
+        {"type": "step-start"},
+        {"type": "text", "text": "Let me check the weather."},
+        {
+            "type": "tool-get_weather",
+            "toolCallId": "call_1",
+            "state": "output-available",
+            "input": {"location": "Berlin"},
+            "output": {"celsius": 21},
+        },
+    ],
+}
+"""An assistant message whose tool ran on the client: the next request continues it."""
+
+PRIOR_CHUNKS = [
+    {"type": "start-step"},
+    {"type": "text-start", "id": "prior_1"},
+    {"type": "text-delta", "id": "prior_1", "delta": "Let me check the weather."},
+    {"type": "text-end", "id": "prior_1"},
+    {"type": "tool-input-start", "toolCallId": "call_1", "toolName": "get_weather"},
+    {"type": "tool-input-delta", "toolCallId": "call_1", "inputTextDelta": '{"location":"Berlin"}'},
+    {"type": "tool-output-available", "toolCallId": "call_1", "output": {"celsius": 21}},
+    {"type": "finish-step"},
+]
+"""The continued message's earlier parts as a resume replays them: no ``tool-input-available``
+(on which a client would run the tool again)."""
+
+
+async def test_a_continued_message_keeps_its_id_and_a_resume_replays_all_of_it(
+    http: httpx.AsyncClient,
+) -> None:
+    """The last UI message is the assistant's, its tool output filled in: the answer continues
+    that message (``start`` names its id) with the new parts only; a resume (which the client
+    starts afresh) gets the whole message: its earlier parts, then the new ones."""
+    sent = body("openai/slow", "weather in Berlin?")
+    sent["messages"].append(CONTINUED)
+    async with http.stream("POST", CHAT, json=sent) as response:
+        assert response.status_code == 200
+        seen = b""
+        async with asyncio.timeout(30):
+            async for piece in response.aiter_bytes():
+                seen += piece
+                if seen.count(b'"text-delta"') >= 3:
+                    break
+    first = parts(seen[: seen.rindex(b"\n\n") + 2])
+    assert first[:3] == [
+        {"type": "start", "messageId": "asst-continued-1"},
+        {"type": "start-step"},
+        {"type": "text-start", "id": "text_0"},
+    ]
+    async with asyncio.timeout(30):
+        resumed = await http.get(f"{CHAT}/{sent['id']}/stream")
+    assert resumed.status_code == 200
+    whole = parts(resumed.content)
+    assert whole[0] == {"type": "start", "messageId": "asst-continued-1"}
+    assert whole[1 : 1 + len(PRIOR_CHUNKS)] == PRIOR_CHUNKS
+    new = whole[1 + len(PRIOR_CHUNKS) :]
+    assert new[: len(first) - 1] == first[1:]
+    text = "".join(p["delta"] for p in new if p != "[DONE]" and p["type"] == "text-delta")
+    assert text == "".join(f"s{i} " for i in range(50))
+    assert not [p for p in whole if p != "[DONE]" and p["type"] == "tool-input-available"]
+    assert whole[-2:] == [{"type": "finish", "finishReason": "stop"}, "[DONE]"]
+
+
+async def test_a_regenerated_answer_is_a_new_message(http: httpx.AsyncClient) -> None:
+    sent = {**body("openai/hello", "hi"), "trigger": "regenerate-message"}
+    sent["messages"].append(CONTINUED)
+    response = await http.post(CHAT, json=sent)
+    job_id = response.headers["x-tokenrelay-job"]
+    assert parts(response.content)[0] == {"type": "start", "messageId": f"msg_{job_id}"}

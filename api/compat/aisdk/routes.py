@@ -16,8 +16,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import StreamingResponse
 
-from api.compat.aisdk.render import HEADERS, UIMessageRenderer
+from api.compat.aisdk.render import HEADERS, UIMessageRenderer, resumed
 from api.compat.aisdk.schemas import CHAT_ID_CHARS, ChatRequest
+from api.compat.base import COMPAT_FIELD
 from api.compat.jobs import JOB_HEADER, rendered, responses, submit_drop_in
 from api.deps import RelayDep, TenantDep
 from api.encoding import SSE_MEDIA_TYPE, JSONBody
@@ -65,9 +66,9 @@ CANCELLED: dict[int | str, dict[str, Any]] = {
 ChatId = Annotated[str, Path(min_length=1, max_length=CHAT_ID_CHARS, description="the chat id")]
 
 
-def _stream(r: Relay, job_id: str) -> StreamingResponse:
+def _stream(r: Relay, job_id: str, renderer: UIMessageRenderer) -> StreamingResponse:
     return StreamingResponse(
-        rendered(r, job_id, ZERO_ID, UIMessageRenderer(job_id)),
+        rendered(r, job_id, ZERO_ID, renderer),
         media_type=SSE_MEDIA_TYPE,
         headers={**HEADERS, JOB_HEADER: job_id},
     )
@@ -100,7 +101,10 @@ async def chat(body: ChatRequest, r: RelayDep, tenant: TenantDep) -> StreamingRe
     record = await submit_drop_in(
         r, tenant, body, via="ai-sdk.chat", job_id=job_id, on_enqueue=point
     )
-    return _stream(r, record.id)
+    # The client appends to the message it continues: the new parts only, under its id.
+    continued = body.continued
+    message_id = None if continued is None else continued.id
+    return _stream(r, record.id, UIMessageRenderer(record.id, message_id))
 
 
 @router.get("/chat/{chat_id:path}/stream", responses=FOLLOWED, response_model=None)
@@ -110,10 +114,10 @@ async def chat_stream(chat_id: ChatId, r: RelayDep, tenant: TenantDep) -> Respon
     generation = await _generation(r, chat_id, tenant)
     if generation is None:
         return Response(status_code=204)
-    (status,) = await r.jobs.job_fields(generation.job_id, "status")
+    status, compat = await r.jobs.job_fields(generation.job_id, "status", COMPAT_FIELD)
     if status is None or status in TERMINAL_STATUSES:
         return Response(status_code=204, headers={JOB_HEADER: generation.job_id})
-    return _stream(r, generation.job_id)
+    return _stream(r, generation.job_id, resumed(generation.job_id, compat))
 
 
 @router.post("/chat/{chat_id:path}/cancel", responses=CANCELLED, response_model=None)

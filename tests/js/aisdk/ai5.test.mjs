@@ -2,7 +2,16 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as ai from 'ai5';
-import { API, ArrayState, chatId, job, transportSuite, until, within } from './suite.mjs';
+import {
+  API,
+  ArrayState,
+  chatId,
+  continuationSuite,
+  job,
+  transportSuite,
+  until,
+  within,
+} from './suite.mjs';
 
 transportSuite(ai, 'ai5');
 
@@ -11,6 +20,8 @@ class Chat extends ai.AbstractChat {
     super({ ...init, state: new ArrayState(messages) });
   }
 }
+
+continuationSuite(ai, 'ai5', Chat);
 
 const assistantText = m => m.parts.filter(p => p.type === 'text').map(p => p.text).join('');
 
