@@ -240,6 +240,9 @@ def keyed(
 
 
 async def test_a_chat_is_its_keys(keyed: RelaySystem) -> None:
+    """Chats are per API key: another key's chat of the same id is another chat. It cannot
+    follow nor stop the first key's generation (204: nothing of its own runs; cancel 404), and
+    its own generation under that id leaves the first key's alone."""
     a = {"Authorization": "Bearer key-a"}
     b = {"Authorization": "Bearer key-b"}
     chat_id = f"team/{uuid.uuid4()} ü"  # any id the app makes: the SDK encodes it in the URL
@@ -249,22 +252,28 @@ async def test_a_chat_is_its_keys(keyed: RelaySystem) -> None:
         async with http.stream("POST", CHAT, json=sent, headers=a) as response:
             assert response.status_code == 200
             job_id = response.headers["x-tokenrelay-job"]
-        for method, path, payload in [
-            ("GET", f"{chat}/stream", None),
-            ("POST", f"{chat}/cancel", None),
-            ("POST", CHAT, sent),
-        ]:
-            other = await http.request(method, path, json=payload, headers=b)
-            assert other.status_code == 404, (method, path, other.text)
-            assert other.json()["error"]["type"] == "not_found_error"
+        followed_by_b = await http.get(f"{chat}/stream", headers=b)
+        assert followed_by_b.status_code == 204, followed_by_b.text
+        assert "x-tokenrelay-job" not in followed_by_b.headers
+        cancelled_by_b = await http.post(f"{chat}/cancel", headers=b)
+        assert cancelled_by_b.status_code == 404, cancelled_by_b.text
+        assert cancelled_by_b.json()["error"]["type"] == "not_found_error"
+        assert (await http.get(f"/v1/jobs/{job_id}", headers=a)).json()["status"] == "queued"
+        async with http.stream("POST", CHAT, json=sent, headers=b) as response:
+            assert response.status_code == 200  # key-b's own chat of that id
+            b_job = response.headers["x-tokenrelay-job"]
+        assert b_job != job_id
         assert (await http.get(f"{chat}/stream")).status_code == 401
-        async with http.stream("GET", f"{chat}/stream", headers=a) as followed:
-            assert followed.status_code == 200  # queued: running from the chat's view
-            assert followed.headers["x-tokenrelay-job"] == job_id
+        for key, expected in ((a, job_id), (b, b_job)):
+            async with http.stream("GET", f"{chat}/stream", headers=key) as followed:
+                assert followed.status_code == 200  # queued: running from the chat's view
+                assert followed.headers["x-tokenrelay-job"] == expected
         cancelled = await http.post(f"{chat}/cancel", headers=a)
         assert cancelled.status_code == 202
+        assert cancelled.json()["id"] == job_id
         assert cancelled.json()["status"] == "cancelled"
         assert (await http.get(f"{chat}/stream", headers=a)).status_code == 204
+        assert (await http.get(f"/v1/jobs/{b_job}", headers=b)).json()["status"] == "queued"
 
 
 async def test_the_rate_limit_is_a_json_error_with_retry_after(keyed: RelaySystem) -> None:

@@ -10,7 +10,6 @@ client stays connected.
 from __future__ import annotations
 
 import functools
-import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
@@ -38,7 +37,6 @@ CREATED = responses(
     (SSE_MEDIA_TYPE,),
     {
         400: "malformed request",
-        404: "the chat is another API key's",
         413: "request body or prompt too large",
         422: "invalid request, a malformed message part, or an unknown upstream",
         429: "this key's rate limit",
@@ -49,15 +47,15 @@ FOLLOWED: dict[int | str, dict[str, Any]] = {
     **responses(
         "the running answer as a UI message stream: replayed from its start, then live",
         (SSE_MEDIA_TYPE,),
-        {404: "the chat is another API key's"},
+        {},
     ),
-    204: {"description": "no generation of the chat is running"},
+    204: {"description": "no generation of this API key's chat of the id is running"},
 }
 CANCELLED: dict[int | str, dict[str, Any]] = {
     **{status: ERRORS[status] for status in (401, 503)},
     404: {
         "model": ERRORS[404]["model"],
-        "description": "the chat has no generation, or is another API key's",
+        "description": "this API key's chat of the id has no generation",
     },
     202: {"description": "the job, cancel requested"},
     200: {"description": "the job, which had already finished"},
@@ -74,14 +72,6 @@ def _stream(r: Relay, job_id: str, renderer: UIMessageRenderer) -> StreamingResp
     )
 
 
-async def _generation(r: Relay, chat_id: str, tenant: str) -> Generation | None:
-    """The chat's latest generation; ``ApiError`` 404 when it is another key's."""
-    generation = await Chats(r.queue).current(chat_id)
-    if generation is not None and not secrets.compare_digest(generation.tenant, tenant):
-        raise _no_chat(chat_id)
-    return generation
-
-
 def _no_chat(chat_id: str) -> ApiError:
     return ApiError(404, f"no chat {quoted(chat_id)}", param="chatId")
 
@@ -89,8 +79,8 @@ def _no_chat(chat_id: str) -> ApiError:
 @router.post("/chat", responses=CREATED, response_class=StreamingResponse)
 async def chat(body: ChatRequest, r: RelayDep, tenant: TenantDep) -> StreamingResponse:
     """Start the chat's next answer as a job (the chat's current generation from now on) and
-    stream it as the AI SDK's UI message stream. A chat belongs to the key that started it."""
-    await _generation(r, body.id, tenant)
+    stream it as the AI SDK's UI message stream. Chats are per API key: another key's chat of
+    the same id is another chat."""
     job_id = new_job_id()
     point = functools.partial(
         Chats(r.queue).point,
@@ -111,8 +101,8 @@ async def chat(body: ChatRequest, r: RelayDep, tenant: TenantDep) -> StreamingRe
 async def chat_stream(chat_id: ChatId, r: RelayDep, tenant: TenantDep) -> Response:
     """The chat's running answer (``reconnectToStream``): all of it so far with the same message
     id, then live to its end; 204 when none is running. Any number of clients may follow."""
-    generation = await _generation(r, chat_id, tenant)
-    if generation is None:
+    generation = await Chats(r.queue).current(tenant, chat_id)
+    if generation is None:  # none of this key's (another key's chat of the id is not its)
         return Response(status_code=204)
     status, compat = await r.jobs.job_fields(generation.job_id, "status", COMPAT_FIELD)
     if status is None or status in TERMINAL_STATUSES:
@@ -124,7 +114,7 @@ async def chat_stream(chat_id: ChatId, r: RelayDep, tenant: TenantDep) -> Respon
 async def chat_cancel(chat_id: ChatId, r: RelayDep, tenant: TenantDep) -> JSONBody:
     """Stop the chat's current generation on the server (what the client's ``stop()`` only
     does locally); answers the job as ``POST /v1/jobs/{id}/cancel`` does."""
-    generation = await _generation(r, chat_id, tenant)
+    generation = await Chats(r.queue).current(tenant, chat_id)
     if generation is None:
         raise _no_chat(chat_id)
     return await cancel_job(generation.job_id, r, tenant)
