@@ -26,7 +26,7 @@ from tests.upstream_server import HELLO, Scenario, UpstreamServer
 
 JS_DIR = ROOT / "tests" / "js" / "aisdk"
 NODE_TIMEOUT_S = 300
-NODE_TESTS = 18  # 9 for each version of `ai`
+NODE_TESTS = 20  # 10 for each version of `ai`
 CHAT = "/v1/ai-sdk/chat"
 PAGE = "http://page.example:5173"
 RATE_LIMIT = 2

@@ -8,6 +8,9 @@ import {
   chatId,
   continuationSuite,
   job,
+  reloadedMidToolCall,
+  textsOf,
+  toolStates,
   transportSuite,
   until,
   within,
@@ -51,4 +54,13 @@ test('ai-current: a Chat reloaded mid-answer resumes it: one answer, the whole t
   assert.equal(record.status, 'succeeded');
   assert.equal(assistantText(answer), record.text);
   assert.equal(answer.parts.filter(p => p.type === 'text').length, 1);
+});
+
+test('ai-current: a Chat reloaded mid-tool-call resumes the whole message once', async () => {
+  const answer = await reloadedMidToolCall(ai, 'midtool', Chat);
+  assert.deepEqual(textsOf(answer), ['Let me check the weather.']);
+  assert.deepEqual(toolStates(answer), [
+    ['call_1', 'input-available'],
+    ['call_2', 'input-available'],
+  ]);
 });
