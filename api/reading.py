@@ -115,6 +115,19 @@ async def follow(r: Relay, job_id: str, after: EventId) -> AsyncGenerator[list[B
                     return
 
 
+async def stored_events(r: Relay, job_id: str) -> list[StoredEvent]:
+    """All of the job's events stored so far, oldest first (a page of ``REPLAY_PAGE`` at a
+    time), for routes that render a job's state from them."""
+    events: list[StoredEvent] = []
+    last = ZERO_ID
+    while page := await r.events.read(job_id, last, count=REPLAY_PAGE):
+        events += page
+        if len(page) < REPLAY_PAGE:
+            break
+        last = EventId.parse(page[-1].id)
+    return events
+
+
 def events_of(batches: list[Batch]) -> Iterator[StoredEvent]:
     """The events of what ``follow`` yielded, in order: for routes that render event by event."""
     for batch in batches:

@@ -12,6 +12,7 @@ item ``n``, and ``call_X_<i>`` for a tool call the upstream sent without an id.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,22 +184,20 @@ def call_item(
     }
 
 
-def response_of(view: ResponsesView, record: JobRecord, text: str) -> dict[str, Any]:
-    """The Response object of a job as it is now (``text``: everything so far): a message with
-    the text, then the tool calls (the order a stream shows them in)."""
+def response_of(
+    view: ResponsesView, record: JobRecord, events: Sequence[StoredEvent]
+) -> dict[str, Any]:
+    """The Response object of a job as it is now, from its stored ``events`` (all of them so
+    far) through the stream's renderer: the output items in the stream's order, each with its
+    text or arguments so far; the status, usage and error of ``record``."""
+    renderer = EventRenderer(view, starting_after=sys.maxsize)
+    renderer.render(events)
     status = STATUS[record.status]
     if status == "completed" and record.finish_reason == "length":
         status = "incomplete"
-    item_status = {"in_progress": "in_progress", "completed": "completed"}.get(status, "incomplete")
-    output: list[dict[str, Any]] = []
-    if text:
-        output.append(message_item(view, 0, text, item_status))
-    for i, call in enumerate(record.tool_calls):
-        call_id = view.call_id(call.id, i)
-        output.append(
-            call_item(view, len(output), call_id, call.name or "", call.arguments, item_status)
-        )
-    return view.response(status, output, usage=record.usage, error=record.error)
+    return view.response(
+        status, renderer.output(status), usage=record.usage or renderer.usage, error=record.error
+    )
 
 
 def sse(event: Mapping[str, Any]) -> bytes:
@@ -215,14 +214,22 @@ class _Item:
 
     output_index: int
     kind: str  # "message" | "function_call"
-    parts: list[str] = field(default_factory=list)  # the text or arguments (joined once)
     call_id: str = ""
     name: str = ""
     done: bool = False
+    _text: str = ""  # the text or arguments: one string, grown by the pieces not yet in it
+    _pending: list[str] = field(default_factory=list)
+
+    def append(self, piece: str) -> None:
+        self._pending.append(piece)
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        """The whole text so far; each piece is joined into it once, however often asked."""
+        if self._pending:
+            self._text = "".join([self._text, *self._pending])
+            self._pending.clear()
+        return self._text
 
 
 class EventRenderer:
@@ -295,7 +302,7 @@ class EventRenderer:
             where.pop("logprobs")
             out.append(("response.output_item.added", self._item_event(item)))
             out.append(("response.content_part.added", {**where, "part": text_part("")}))
-        item.parts.append(delta)
+        item.append(delta)
         out.append(("response.output_text.delta", {**self._where(item), "delta": delta}))
         return out
 
@@ -312,7 +319,7 @@ class EventRenderer:
         elif event.name and not item.name:
             item.name = event.name
         if event.arguments:
-            item.parts.append(event.arguments)
+            item.append(event.arguments)
             where = {"item_id": self.view.item_id("fc", item.output_index)}
             out.append(
                 (
@@ -385,21 +392,33 @@ class EventRenderer:
             "logprobs": [],
         }
 
-    def _item(self, item: _Item, status: str) -> dict[str, Any]:
+    def _item(self, item: _Item, status: str, *, so_far: bool = False) -> dict[str, Any]:
+        """The output item: its content once done (or, ``so_far``, what it has now)."""
+        shown = item.done or so_far
         if item.kind == "message":
-            text = item.text if item.done else None
+            text = item.text if shown else None
             return message_item(self.view, item.output_index, text, status)
         return call_item(
-            self.view, item.output_index, item.call_id, item.name, item.text if item.done else "",
+            self.view, item.output_index, item.call_id, item.name, item.text if shown else "",
             status,
         )  # fmt: skip
+
+    def output(self, status: str) -> list[dict[str, Any]]:
+        """The output items as a Response in ``status`` shows them: what the stream's terminal
+        event has once it ended; while it runs, each item with its content so far."""
+        if status not in ("queued", "in_progress"):
+            return [self._item(item, item_status(status), so_far=True) for item in self.items]
+        return [
+            self._item(item, "completed" if item.done else "in_progress", so_far=True)
+            for item in self.items
+        ]
 
     def _item_event(self, item: _Item, status: str = "in_progress") -> dict[str, Any]:
         return {"output_index": item.output_index, "item": self._item(item, status)}
 
     def _snapshot(self, status: str, *, error: JobError | None = None) -> dict[str, Any]:
         final = status not in ("queued", "in_progress")
-        output = [self._item(item, item_status(status)) for item in self.items] if final else []
+        output = self.output(status) if final else []
         return self.view.response(status, output, usage=self.usage, error=error)
 
 

@@ -32,11 +32,12 @@ from api.compat.responses.schemas import ResponsesRequest, conversation, input_i
 from api.deps import RelayDep, TenantDep
 from api.encoding import SSE_MEDIA_TYPE, JSONBody
 from api.errors import ApiError
+from api.reading import stored_events
 from api.schemas import ErrorBody
 from api.state import Relay
 from tokenrelay.errors import JobNotFound, quoted
 from tokenrelay.settings import Settings
-from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID
+from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID, JobRecord
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
 
@@ -71,6 +72,12 @@ LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
 
 def _json(body: dict[str, Any], job_id: str) -> JSONBody:
     return JSONBody(body, headers={JOB_HEADER: job_id})
+
+
+async def _response(r: Relay, view: ResponsesView, record: JobRecord) -> JSONBody:
+    """The Response of ``record``'s job as it is now, rendered from its stored events as the
+    stream renders them (the record first: events read after it hold all it knows of)."""
+    return _json(response_of(view, record, await stored_events(r, record.id)), record.id)
 
 
 def _streaming(r: Relay, view: ResponsesView, starting_after: int) -> StreamingResponse:
@@ -136,8 +143,8 @@ async def create_response(
         return _streaming(r, view, -1)
     if body.background:
         return _json(view.response("queued"), record.id)
-    record, text = await finished(r, record.id, request)
-    return _json(response_of(view, record, text), record.id)
+    record, _ = await finished(r, record.id, request)
+    return await _response(r, view, record)
 
 
 @router.get("/responses/{response_id}", responses=FOUND, response_model=None)
@@ -151,10 +158,10 @@ async def retrieve_response(
 ) -> Response:
     """The Response as it is now; with ``stream``, its events from the start (or after
     ``starting_after``, or ``Last-Event-ID``: a sequence number), then live to its end."""
-    record, text = await load_record(r, response_id, tenant)
+    record, _ = await load_record(r, response_id, tenant)
     view = ResponsesView.of(record)
     if not stream:
-        return _json(response_of(view, record, text), record.id)
+        return await _response(r, view, record)
     if starting_after is None and last_event_id:
         if not last_event_id.isdigit():
             raise ApiError(
@@ -172,10 +179,10 @@ async def cancel_response(
 ) -> JSONBody:
     """Cancel a queued or running response (its upstream is closed within a second) and answer
     it cancelled; a response that has ended is answered as it is."""
-    record, text = await load_record(r, response_id, tenant)
+    record, _ = await load_record(r, response_id, tenant)
     if await cancel(r, record, request, wait_s=CANCEL_WAIT_S):
-        record, text = await load_record(r, response_id, tenant)
-    return _json(response_of(ResponsesView.of(record), record, text), record.id)
+        record, _ = await load_record(r, response_id, tenant)
+    return await _response(r, ResponsesView.of(record), record)
 
 
 @router.delete("/responses/{response_id}", responses=DELETED, response_model=None)
