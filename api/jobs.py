@@ -14,6 +14,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
+from api.cancellation import request_cancel
 from api.deps import RelayDep, TenantDep
 from api.encoding import (
     KEEPALIVE,
@@ -30,7 +31,7 @@ from api.schemas import ErrorBody, Job, JobCreated, JobRequest, UpstreamList
 from api.state import Relay
 from api.submission import Submitted, new_job_id, submit
 from tokenrelay.store.idempotency import Held, fingerprint
-from tokenrelay.wire import TERMINAL_STATUSES, EventId, JobRecord, now_rfc3339
+from tokenrelay.wire import EventId, JobRecord
 
 log = structlog.get_logger("tokenrelay.api")
 
@@ -172,13 +173,16 @@ async def get_job(job_id: str, r: RelayDep, tenant: TenantDep) -> JSONBody:
 )
 async def cancel_job(job_id: str, r: RelayDep, tenant: TenantDep) -> JSONBody:
     """Cancel a queued or running job; its stream ends with ``end`` ``cancelled``."""
-    fields, text = await load_job(r, job_id, tenant)
-    if fields["status"] in TERMINAL_STATUSES:
+    return await cancelled(r, job_id, tenant, via="jobs")
+
+
+async def cancelled(r: Relay, ref: str, tenant: str, *, via: str) -> JSONBody:
+    """Cancel job ``ref`` of ``tenant`` (``request_cancel``) and answer the job: 202, or 200
+    when it had already ended. Raises ``JobNotFound`` (404) as ``load_job`` does."""
+    fields, text = await load_job(r, ref, tenant)
+    if not await request_cancel(r, fields["id"], fields["status"], via=via):
         return JSONBody(_job_body(fields, text), status_code=200)
-    if not await r.jobs.cancel(job_id, now_rfc3339()):
-        await r.control.signal_cancel(job_id)  # a worker has it
-    log.info("job_cancel_requested", job_id=job_id)
-    fields, text = await load_job(r, job_id, tenant)
+    fields, text = await load_job(r, ref, tenant)
     return JSONBody(_job_body(fields, text), status_code=202)
 
 

@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from api import reading
+from api.cancellation import request_cancel
 from api.compat.base import COMPAT_FIELD, DropInRequest, Renderer
 from api.errors import ApiError
 from api.schemas import ErrorBody, JobRequest
@@ -21,7 +22,7 @@ from api.state import Relay
 from api.submission import submit
 from tokenrelay.errors import clipped, quoted
 from tokenrelay.settings import Settings
-from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID, EventId, JobRecord, now_rfc3339
+from tokenrelay.wire import ZERO_ID, EventId, JobRecord
 
 log = structlog.get_logger("tokenrelay.api")
 
@@ -230,15 +231,11 @@ async def wait_for_end(r: Relay, job_id: str, request: Request) -> None:
                 return
 
 
-async def cancel(r: Relay, record: JobRecord, request: Request, *, wait_s: float) -> bool:
-    """Cancel the job of ``record`` as ``POST /v1/jobs/{id}/cancel`` does (a queued one ends at
-    once, a running one's worker closes its upstream), then wait up to ``wait_s`` for its
-    end. False if it had already ended."""
-    if record.status in TERMINAL_STATUSES:
+async def cancel(r: Relay, record: JobRecord, request: Request, *, wait_s: float, via: str) -> bool:
+    """Cancel the job of ``record`` (``cancellation.request_cancel``), then wait up to
+    ``wait_s`` for its end. False if it had already ended."""
+    if not await request_cancel(r, record.id, record.status, via=via):
         return False
-    if not await r.jobs.cancel(record.id, now_rfc3339()):
-        await r.control.signal_cancel(record.id)  # a worker has it
-    log.info("job_cancel_requested", job_id=record.id)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(wait_s):
             await wait_for_end(r, record.id, request)

@@ -22,7 +22,7 @@ from api.compat.jobs import JOB_HEADER, rendered, responses, submit_drop_in
 from api.deps import RelayDep, TenantDep
 from api.encoding import SSE_MEDIA_TYPE, JSONBody
 from api.errors import ApiError
-from api.jobs import ERRORS, cancel_job
+from api.jobs import ERRORS, cancelled
 from api.state import Relay
 from api.submission import new_job_id
 from tokenrelay.errors import quoted
@@ -117,4 +117,4 @@ async def chat_cancel(chat_id: ChatId, r: RelayDep, tenant: TenantDep) -> JSONBo
     generation = await Chats(r.queue).current(tenant, chat_id)
     if generation is None:
         raise _no_chat(chat_id)
-    return await cancel_job(generation.job_id, r, tenant)
+    return await cancelled(r, generation.job_id, tenant, via="ai-sdk")

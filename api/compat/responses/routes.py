@@ -180,7 +180,7 @@ async def cancel_response(
     """Cancel a queued or running response (its upstream is closed within a second) and answer
     it cancelled; a response that has ended is answered as it is."""
     record, _ = await load_record(r, response_id, tenant)
-    if await cancel(r, record, request, wait_s=CANCEL_WAIT_S):
+    if await cancel(r, record, request, wait_s=CANCEL_WAIT_S, via="responses"):
         record, _ = await load_record(r, response_id, tenant)
     return await _response(r, ResponsesView.of(record), record)
 
