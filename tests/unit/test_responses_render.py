@@ -15,7 +15,8 @@ from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from api.compat.base import COMPAT_FIELD
-from api.compat.responses.render import EventRenderer, ResponsesView, response_of
+from api.compat.responses.render import EventRenderer, response_of
+from api.compat.responses.response import ResponsesView
 from api.compat.responses.schemas import conversation, input_items
 from tokenrelay.store.events import StoredEvent
 from tokenrelay.wire import JobError, JobRecord, ToolCall, Usage

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from api.compat.base import SSE_KEEPALIVE
 from tokenrelay.store.events import StoredEvent
 from tokenrelay.wire import (
     DeltaEvent,
@@ -51,7 +52,6 @@ current major accept). A cancelled job ends with an ``abort`` part instead, as t
 ``streamText`` does when aborted."""
 
 DONE = b"data: [DONE]\n\n"
-KEEPALIVE = b": keep-alive\n\n"
 
 
 def resumed(job_id: str, compat: str | None) -> UIMessageRenderer:
@@ -101,7 +101,7 @@ class UIMessageRenderer:
         self.done = False
 
     def keepalive(self) -> bytes:
-        return KEEPALIVE
+        return SSE_KEEPALIVE
 
     def render(self, events: Sequence[StoredEvent], record: JobRecord | None = None) -> bytes:
         parts: list[dict[str, Any]] = []

@@ -27,7 +27,8 @@ from api.compat.jobs import (
     submit_drop_in,
     submit_responses,
 )
-from api.compat.responses.render import EventRenderer, ResponsesView, response_of
+from api.compat.responses.render import EventRenderer, response_of
+from api.compat.responses.response import ResponsesView
 from api.compat.responses.schemas import ResponsesRequest, conversation, input_items
 from api.deps import RelayDep, TenantDep
 from api.encoding import SSE_MEDIA_TYPE, JSONBody
