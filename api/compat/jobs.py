@@ -19,7 +19,7 @@ from api.compat.base import COMPAT_FIELD, DropInRequest, Renderer
 from api.errors import ApiError
 from api.schemas import ErrorBody, JobRequest
 from api.state import Relay
-from api.submission import submit
+from api.submission import Earlier, OnEnqueue, both, submit, submit_once
 from tokenrelay.errors import clipped, quoted
 from tokenrelay.settings import Settings
 from tokenrelay.wire import ZERO_ID, EventId, JobRecord
@@ -62,6 +62,7 @@ def submit_responses(
         media_types,
         {
             400: "malformed request",
+            409: "Idempotency-Key reused with another body, or still in use (retry)",
             413: "request body or prompt too large",
             422: "invalid request, unknown upstream, or a job the upstream refused",
             429: f"this key's rate limit, or the upstream's ({waiting})",
@@ -157,6 +158,36 @@ async def submit_drop_in(
         submitted.created_at,
         extra={COMPAT_FIELD: compat},
     )
+
+
+async def submit_drop_in_once(
+    r: Relay,
+    tenant: str,
+    body: DropInRequest,
+    *,
+    via: str,
+    idempotency_key: str | None,
+    request_json: Any = None,
+    on_enqueue: Callable[[str], OnEnqueue] | None = None,
+) -> tuple[JobRecord, bool]:
+    """``submit_drop_in`` at most once per ``Idempotency-Key`` and request, as ``POST /v1/jobs``
+    (``submission.submit_once``): the record of the job, and whether an earlier request with
+    the same key and body submitted it (then nothing is submitted; the record is read now).
+    ``request_json`` is what the key is bound to (default: ``body`` as JSON), with the route
+    (``via``); ``on_enqueue(job_id)`` adds commands to the enqueue's MULTI/EXEC."""
+
+    async def start(job_id: str, confirm: OnEnqueue | None) -> JobRecord:
+        mine = None if on_enqueue is None else on_enqueue(job_id)
+        return await submit_drop_in(
+            r, tenant, body, via=via, job_id=job_id, on_enqueue=both(mine, confirm)
+        )
+
+    raw = body.model_dump(mode="json") if request_json is None else request_json
+    got = await submit_once(r, tenant, idempotency_key, {"route": via, "request": raw}, start)
+    if isinstance(got, Earlier):
+        record, _ = await load_record(r, got.id, tenant)
+        return record, True
+    return got, False
 
 
 async def load_record(r: Relay, ref: str, tenant: str) -> tuple[JobRecord, str]:

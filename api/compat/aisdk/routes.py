@@ -18,13 +18,13 @@ from fastapi.responses import StreamingResponse
 from api.compat.aisdk.render import HEADERS, UIMessageRenderer, resumed
 from api.compat.aisdk.schemas import CHAT_ID_CHARS, ChatRequest
 from api.compat.base import COMPAT_FIELD
-from api.compat.jobs import JOB_HEADER, rendered, responses, submit_drop_in
-from api.deps import RelayDep, TenantDep
+from api.compat.jobs import JOB_HEADER, rendered, responses, submit_drop_in_once
+from api.deps import IdempotencyKey, RelayDep, TenantDep
 from api.encoding import SSE_MEDIA_TYPE, JSONBody
 from api.errors import ApiError
 from api.jobs import ERRORS, cancelled
 from api.state import Relay
-from api.submission import new_job_id
+from api.submission import OnEnqueue
 from tokenrelay.errors import quoted
 from tokenrelay.store.chats import Chats, Generation
 from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID
@@ -37,6 +37,7 @@ CREATED = responses(
     (SSE_MEDIA_TYPE,),
     {
         400: "malformed request",
+        409: "Idempotency-Key reused with another body, or still in use (retry)",
         413: "request body or prompt too large",
         422: "invalid request, a malformed message part, or an unknown upstream",
         429: "this key's rate limit",
@@ -77,19 +78,24 @@ def _no_chat(chat_id: str) -> ApiError:
 
 
 @router.post("/chat", responses=CREATED, response_class=StreamingResponse)
-async def chat(body: ChatRequest, r: RelayDep, tenant: TenantDep) -> StreamingResponse:
+async def chat(
+    body: ChatRequest, r: RelayDep, tenant: TenantDep, idempotency_key: IdempotencyKey = None
+) -> StreamingResponse:
     """Start the chat's next answer as a job (the chat's current generation from now on) and
     stream it as the AI SDK's UI message stream. Chats are per API key: another key's chat of
-    the same id is another chat."""
-    job_id = new_job_id()
-    point = functools.partial(
-        Chats(r.queue).point,
-        chat_id=body.id,
-        generation=Generation(tenant, job_id),
-        ttl_s=r.settings.unfinished_ttl_s,
-    )
-    record = await submit_drop_in(
-        r, tenant, body, via="ai-sdk.chat", job_id=job_id, on_enqueue=point
+    the same id is another chat. An ``Idempotency-Key`` as for ``POST /v1/jobs``: the same key
+    and body again follow the same answer, not a second one."""
+
+    def point(job_id: str) -> OnEnqueue:
+        return functools.partial(
+            Chats(r.queue).point,
+            chat_id=body.id,
+            generation=Generation(tenant, job_id),
+            ttl_s=r.settings.unfinished_ttl_s,
+        )
+
+    record, _ = await submit_drop_in_once(
+        r, tenant, body, via="ai-sdk.chat", idempotency_key=idempotency_key, on_enqueue=point
     )
     # The client appends to the message it continues: the new parts only, under its id.
     continued = body.continued

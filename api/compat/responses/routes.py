@@ -24,13 +24,13 @@ from api.compat.jobs import (
     rendered,
     responses,
     split_model,
-    submit_drop_in,
+    submit_drop_in_once,
     submit_responses,
 )
 from api.compat.responses.render import EventRenderer, response_of
 from api.compat.responses.response import ResponsesView
 from api.compat.responses.schemas import ResponsesRequest, conversation, input_items
-from api.deps import RelayDep, TenantDep
+from api.deps import IdempotencyKey, RelayDep, TenantDep
 from api.encoding import SSE_MEDIA_TYPE, JSONBody
 from api.errors import ApiError
 from api.reading import stored_events
@@ -124,11 +124,17 @@ async def _conversation(r: Relay, ref: str, tenant: str) -> list[dict[str, Any]]
 
 @router.post("/responses", responses=CREATED, response_model=None)
 async def create_response(
-    body: ResponsesRequest, request: Request, r: RelayDep, tenant: TenantDep
+    body: ResponsesRequest,
+    request: Request,
+    r: RelayDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """A Response, as a job: SSE events with ``stream`` (``background`` or not: the job runs on
     if the client drops); without, the Response when it ends, or at once (``queued``) with
-    ``background``. Every answer names the job in ``X-Tokenrelay-Job``."""
+    ``background``. Every answer names the job in ``X-Tokenrelay-Job``. An ``Idempotency-Key``
+    as for ``POST /v1/jobs``: the same key and body again answer the same response."""
+    sent = body.model_dump(mode="json")  # what the key is bound to: the request as sent
     if body.previous_response_id:
         body.continue_from(await _conversation(r, body.previous_response_id, tenant))
     if _takes_prompt(r.settings, body.model) and not body.prompt_only():
@@ -138,12 +144,18 @@ async def create_response(
             "string, without instructions, tools or previous_response_id",
             param="input",
         )
-    record = await submit_drop_in(r, tenant, body, via="responses")
+    record, replayed = await submit_drop_in_once(
+        r, tenant, body, via="responses", idempotency_key=idempotency_key, request_json=sent
+    )
     view = replace(ResponsesView.of(record), metadata=body.metadata or {})
     if body.stream:
         return _streaming(r, view, -1)
     if body.background:
-        return _json(view.response("queued"), record.id)
+        return (
+            await _response(r, view, record)
+            if replayed
+            else _json(view.response("queued"), record.id)
+        )
     record, _ = await finished(r, record.id, request)
     return await _response(r, view, record)
 
