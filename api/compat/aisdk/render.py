@@ -54,17 +54,6 @@ current major accept). A cancelled job ends with an ``abort`` part instead, as t
 DONE = b"data: [DONE]\n\n"
 
 
-def resumed(job_id: str, compat: str | None) -> UIMessageRenderer:
-    """The renderer of a resume of job ``job_id``, whose record keeps ``compat`` (JSON): the
-    whole message, a continued one's earlier parts first."""
-    info = orjson.loads(compat) if compat else {}
-    message = info.get("message") if isinstance(info, dict) else None
-    if not isinstance(message, dict):
-        return UIMessageRenderer(job_id)
-    parts = message.get("parts")
-    return UIMessageRenderer(job_id, message.get("id"), parts if isinstance(parts, list) else ())
-
-
 def default_message_id(job_id: str) -> str:
     """The UI message id of the answer job ``job_id`` streams when it continues no message:
     the same for every rendering."""
@@ -179,6 +168,17 @@ class UIMessageRenderer:
         else:
             parts.append({"type": "finish", "finishReason": FINISH_REASON.get(reason, "other")})
         return parts
+
+
+def resumed(job_id: str, compat: str | None) -> UIMessageRenderer:
+    """The renderer of a resume of job ``job_id``, whose record keeps ``compat`` (JSON): the
+    whole message, a continued one's earlier parts first."""
+    info = orjson.loads(compat) if compat else {}
+    message = info.get("message") if isinstance(info, dict) else None
+    if not isinstance(message, dict):
+        return UIMessageRenderer(job_id)
+    parts = message.get("parts")
+    return UIMessageRenderer(job_id, message.get("id"), parts if isinstance(parts, list) else ())
 
 
 def _tool_input(call: _Call) -> dict[str, Any]:
