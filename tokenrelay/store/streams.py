@@ -1,0 +1,174 @@
+"""Durable Streams on Redis: a stream's state hash, its entries (a Redis stream read like a
+job's events) and its idempotent producers, each write one Lua call (``lua/stream_*.lua``).
+
+An entry is ``t=m`` (a message, ``d`` its bytes) or ``t=c`` (the stream was closed: a wake-up
+for live readers, never data). The tail is the id of the last message, kept in the hash, so
+offsets are entry ids: they sort, and never repeat (Redis ids only grow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal, cast
+
+from tokenrelay.keys import durable_keys
+from tokenrelay.store.connections import Streams, script
+from tokenrelay.wire import EventId
+
+_LUA = resources.files("tokenrelay.store") / "lua"
+_EXPIRY = (_LUA / "stream_expiry.lua").read_text()
+CREATE_LUA = _EXPIRY + (_LUA / "stream_create.lua").read_text()
+APPEND_LUA = _EXPIRY + (_LUA / "stream_append.lua").read_text()
+READ_LUA = _EXPIRY + (_LUA / "stream_read.lua").read_text()
+DELETE_LUA = (_LUA / "stream_delete.lua").read_text()
+
+MESSAGE = "m"
+CLOSED = "c"
+
+CreateStatus = Literal["created", "exists", "conflict"]
+AppendStatus = Literal[
+    "ok", "missing", "closed", "dup_closed", "ct", "seq", "stale", "epoch_seq", "gap", "dup"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: EventId
+    type: str  # MESSAGE or CLOSED (or, on a job's stream, the event type)
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """What HEAD shows of a stream."""
+
+    content_type: str
+    tail: EventId
+    closed: bool
+    ttl: str | None
+    expires_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A stream's state and its entries after some id, read at one instant."""
+
+    content_type: str
+    tail: EventId
+    closed: bool
+    entries: list[Entry]
+
+
+@dataclass(frozen=True, slots=True)
+class Producer:
+    id: str
+    epoch: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    status: AppendStatus
+    tail: EventId
+    detail: str  # the current epoch (stale), the last seq (dup, gap, dup_closed)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class DurableStreamStore:
+    """The doors to Durable Streams' keys; a stream is named by its topic
+    (``keys.durable_topic``) and belongs to ``owner``: to anyone else it does not exist."""
+
+    def __init__(self, redis: Streams, *, retention_s: int) -> None:
+        self.redis = redis
+        self.retention_ms = retention_s * 1000
+        self._create = script(redis, CREATE_LUA)
+        self._append = script(redis, APPEND_LUA)
+        self._read = script(redis, READ_LUA)
+        self._delete = script(redis, DELETE_LUA)
+
+    async def create(
+        self,
+        topic: str,
+        owner: str,
+        *,
+        content_type: str,
+        normalized: str,
+        ttl: str,
+        expires_at: str,
+        expires_ms: str,
+        closed: bool,
+        messages: Sequence[bytes],
+    ) -> tuple[CreateStatus, EventId, bool]:
+        """Create the stream, or compare with the one there: (status, tail, closed)."""
+        args: list[Any] = [owner, content_type, normalized, ttl, expires_at, expires_ms]
+        args += ["1" if closed else "0", self.retention_ms, *messages]
+        reply = await self._create(keys=durable_keys(topic), args=args)
+        status, tail, is_closed = (_text(v) for v in reply)
+        return status, EventId.parse(tail), is_closed == "1"  # type: ignore[return-value]
+
+    async def append(
+        self,
+        topic: str,
+        owner: str,
+        *,
+        normalized: str,
+        close: bool,
+        seq: str,
+        producer: Producer | None,
+        messages: Sequence[bytes],
+    ) -> Appended:
+        """Append ``messages`` (none: only close), checked as the protocol orders: closed,
+        content type, producer, ``Stream-Seq``. Atomic, so a producer's requests serialize."""
+        pid, epoch, pseq = (
+            ("", "", "")
+            if producer is None
+            else (
+                producer.id,
+                str(producer.epoch),
+                str(producer.seq),
+            )
+        )
+        args: list[Any] = [owner, normalized, "1" if close else "0", seq, pid, epoch, pseq]
+        args += [self.retention_ms, *messages]
+        reply = await self._append(keys=durable_keys(topic), args=args)
+        status, tail, detail = (_text(v) for v in reply)
+        return Appended(status, EventId.parse(tail) if tail else EventId((0, 0)), detail)  # type: ignore[arg-type]
+
+    async def read(
+        self, topic: str, owner: str, after: EventId | None, count: int
+    ) -> Snapshot | None:
+        """Up to ``count`` entries after ``after`` (None: none, the state only) with the
+        stream's state; None if missing. Resets a sliding TTL."""
+        start = "" if after is None else str(after)
+        reply = await self._read(keys=durable_keys(topic), args=[owner, start, count])
+        if not reply:
+            return None
+        ct, tail, closed, raw = reply
+        entries = [
+            Entry(EventId.parse(_text(eid)), _text(fields[1]), bytes(fields[3]))
+            for eid, fields in raw
+        ]
+        return Snapshot(_text(ct), EventId.parse(_text(tail)), _text(closed) == "1", entries)
+
+    async def head(self, topic: str, owner: str) -> StreamState | None:
+        """The stream's state without touching its TTL; None if missing."""
+        meta, _, _ = durable_keys(topic)
+        raw = await cast("Awaitable[dict[bytes, bytes]]", self.redis.hgetall(meta))
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        if fields.get("owner") != owner:
+            return None
+        return StreamState(
+            fields["ct"],
+            EventId.parse(fields["tail"]),
+            fields.get("closed") == "1",
+            fields.get("ttl"),
+            fields.get("exp"),
+        )
+
+    async def delete(self, topic: str, owner: str) -> bool:
+        return bool(await self._delete(keys=durable_keys(topic), args=[owner]))
