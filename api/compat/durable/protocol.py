@@ -8,7 +8,6 @@ back. ``-1`` (the start) and ``now`` (the tail) are the protocol's sentinels.
 from __future__ import annotations
 
 import base64
-import json
 import random
 import re
 import time
@@ -99,21 +98,12 @@ class InvalidJson(ValueError):
     pass
 
 
-def _dumps(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:  # integers past 64 bits, as JSON.stringify writes them: plain digits
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def _loads(body: bytes) -> Any:
+    """Parsed as ``JSON.parse`` would: integers past 64 bits become floats."""
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        try:
-            return json.loads(body)  # orjson refuses integers past 64 bits; JSON does not
-        except ValueError as exc:
-            raise InvalidJson("the body is not valid JSON") from exc
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJson("the body is not valid JSON") from exc
 
 
 def json_messages(body: bytes, *, create: bool) -> list[bytes]:
@@ -123,8 +113,8 @@ def json_messages(body: bytes, *, create: bool) -> list[bytes]:
     if isinstance(value, list):
         if not value and not create:
             raise InvalidJson("an empty JSON array appends nothing")
-        return [_dumps(item) for item in value]
-    return [_dumps(value)]
+        return [orjson.dumps(item) for item in value]
+    return [orjson.dumps(value)]
 
 
 def json_body(messages: Iterable[bytes]) -> bytes:

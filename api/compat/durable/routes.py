@@ -17,7 +17,9 @@ from api.state import Relay
 from tokenrelay.keys import durable_topic
 from tokenrelay.store.streams import Appended, Producer
 
-router = APIRouter(prefix="/v1/stream", tags=["durable-streams"])
+# Out of the OpenAPI document: the protocol (PROTOCOL.md of durable-streams) describes these
+# routes, and its conformance suite tests them (tests/integration/test_durable_streams_*).
+router = APIRouter(prefix="/v1/stream", tags=["durable-streams"], include_in_schema=False)
 
 MAX_NAME = 1024
 JOBS = "jobs/"

@@ -1,0 +1,109 @@
+"""The Durable Streams protocol's pure parts: offsets, JSON mode, SSE events, job messages,
+cursors, and the settings' defaults."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import orjson
+import pytest
+
+from api.compat.durable import protocol as p
+from api.compat.durable.sources import job_message
+from tokenrelay.settings import Settings
+from tokenrelay.store.streams import Entry
+from tokenrelay.wire import EventId
+
+
+def test_offsets_are_event_ids_fixed_width_and_sort_as_they_do() -> None:
+    ids = [EventId((1700000000000, 0)), EventId((1700000000000, 12)), EventId((1700000000001, 0))]
+    offsets = [p.offset_of(i) for i in ids]
+    assert offsets[0] == "0001700000000000_0000000000000000"
+    assert sorted(offsets) == offsets and len(set(map(len, offsets))) == 1
+    assert [p.parse_offset(o) for o in offsets] == ids
+    assert p.parse_offset("-1") == p.START
+    for bad in ("", "now", "abc", "1-2", "1_", "_1", "../1_1", "1_2_3", "9" * 21 + "_0"):
+        assert p.parse_offset(bad) is None, bad
+
+
+@pytest.mark.parametrize(
+    ("body", "messages"),
+    [
+        (b'{"event": "created"}', [b'{"event":"created"}']),
+        (b'[{"a": 1}, {"b": 2}]', [b'{"a":1}', b'{"b":2}']),
+        (b"[[1,2], [3,4]]", [b"[1,2]", b"[3,4]"]),
+        (b"[[[1,2,3]]]", [b"[[1,2,3]]"]),
+        (b'"\xc3\xbc"', ['"ü"'.encode()]),
+        (b"123456789012345678901234567890", [b"1.2345678901234568e+29"]),  # as JSON.parse
+    ],
+)
+def test_json_mode_flattens_one_level(body: bytes, messages: list[bytes]) -> None:
+    assert p.json_messages(body, create=False) == messages
+
+
+def test_json_mode_refuses_bad_json_and_empty_appends() -> None:
+    assert p.json_messages(b"[]", create=True) == []
+    with pytest.raises(p.InvalidJson):
+        p.json_messages(b"[]", create=False)
+    with pytest.raises(p.InvalidJson):
+        p.json_messages(b"{nope", create=False)
+    assert p.json_body([b"1", b'{"a":2}']) == b'[1,{"a":2}]'
+
+
+def test_sse_data_is_json_text_or_base64_by_content_type() -> None:
+    assert (
+        p.sse_data([b'{"a":1}', b"2"], "application/json") == b'event: data\ndata:[{"a":1},2]\n\n'
+    )
+    assert p.sse_data([b"line1\nline2"], "text/plain") == b"event: data\ndata:line1\ndata:line2\n\n"
+    raw = bytes(range(256))
+    event = p.sse_data([raw[:100], raw[100:]], "application/octet-stream").decode()
+    lines = [line.removeprefix("data:") for line in event.split("\n") if line.startswith("data:")]
+    assert base64.b64decode("".join(lines)) == raw
+
+
+def test_a_control_event_names_the_offset_and_closure() -> None:
+    open_ = p.control("0_1", closed=False, up_to_date=True, client_cursor=None).decode()
+    fields = orjson.loads(open_.split("data:", 1)[1])
+    assert fields["streamNextOffset"] == "0_1" and fields["upToDate"] is True
+    assert fields["streamCursor"].isdigit()
+    closed = p.control("0_1", closed=True, up_to_date=True, client_cursor=None).decode()
+    assert orjson.loads(closed.split("data:", 1)[1]) == {
+        "streamNextOffset": "0_1",
+        "streamClosed": True,
+        "upToDate": True,
+    }
+
+
+def test_cursors_never_repeat_the_clients() -> None:
+    now = p.cursor(None)
+    assert int(now) == int((time.time() - p.CURSOR_EPOCH_S) // p.CURSOR_INTERVAL_S)
+    assert int(p.cursor(now)) > int(now)
+    assert p.cursor("1") == now  # behind: the current interval
+    assert p.cursor("junk") == now
+
+
+def test_a_job_event_is_one_json_message() -> None:
+    entry = Entry(EventId((5, 1)), "delta", b'{"text":"hi \\"x\\""}')
+    assert orjson.loads(job_message(entry)) == {
+        "type": "delta",
+        "data": {"text": 'hi "x"'},
+        "id": "5-1",
+    }
+
+
+def test_headers_and_values_of_the_protocol() -> None:
+    assert p.closed_flag("TRUE") and p.closed_flag("true")
+    assert not any(p.closed_flag(v) for v in (None, "false", "1", "yes", ""))
+    assert p.valid_ttl("0") and p.valid_ttl("3600")
+    assert not any(p.valid_ttl(v) for v in ("03600", "+3600", "3600.0", "3.6e3", "", " 1"))
+    assert p.parse_safe_integer(str(2**53 - 1)) == 2**53 - 1
+    assert p.parse_safe_integer(str(2**53)) is None and p.parse_safe_integer("1e3") is None
+    assert p.etag("/s", "-1", "0_1", True).endswith(':c"')
+
+
+def test_the_stream_settings_defaults() -> None:
+    settings = Settings()
+    assert settings.stream_long_poll_s == 20.0
+    assert settings.stream_retention_s == 7 * 24 * 3600
+    assert settings.stream_max_message_bytes == 256 * 1024
