@@ -172,6 +172,17 @@ async def test_a_stream_is_the_key_that_created_it(keyed: RelaySystem) -> None:
             assert other.status_code == 404, method
         assert (await client.put(path, content=b"", headers=B | plain)).status_code == 409
         assert (await client.get(path, headers=A)).content == b"mine"
+        # A job's stream is its key's, as the job is (no worker here: it stays queued).
+        created = await client.post(
+            "/v1/jobs",
+            json={"model": "hello", "messages": [{"role": "user", "content": "hi"}]},
+            headers=A,
+        )
+        job = f"/v1/stream/jobs/{created.json()['id']}"
+        assert (await client.get(job, params={"offset": "-1"}, headers=A)).json() == []
+        assert (await client.head(job, headers=A)).status_code == 200
+        assert (await client.get(job, params={"offset": "-1"}, headers=B)).status_code == 404
+        assert (await client.head(job, headers=B)).status_code == 404
 
 
 async def test_a_message_over_the_limit_is_413(keyed: RelaySystem) -> None:

@@ -153,6 +153,8 @@ async def create_stream(name: str, request: Request, r: RelayDep, tenant: Tenant
     if name.startswith(JOBS):
         raise ApiError(405, "jobs/ streams are jobs' events, read-only", headers=READ_ONLY)
     topic = durable_topic(_name(name))
+    if "stream-forked-from" in request.headers:
+        raise ApiError(501, "forks are not built (optional in the protocol)")
     content_type = request.headers.get("content-type", "").strip()
     if not content_type or "/" not in content_type:
         content_type = "application/octet-stream"
