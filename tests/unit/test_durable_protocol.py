@@ -1,5 +1,5 @@
 """The Durable Streams protocol's pure parts: offsets, JSON mode, SSE events, job messages,
-cursors, and the settings' defaults."""
+cursors, pages of a read, and the settings' defaults."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import orjson
 import pytest
 
 from api.compat.durable import protocol as p
+from api.compat.durable.reading import PAGE_BYTES, page_of
 from api.compat.durable.sources import job_message
 from tokenrelay.settings import Settings
-from tokenrelay.store.streams import Entry
+from tokenrelay.store.streams import Entry, Snapshot
 from tokenrelay.wire import EventId
 
 
@@ -107,3 +108,41 @@ def test_the_stream_settings_defaults() -> None:
     assert settings.stream_long_poll_s == 20.0
     assert settings.stream_retention_s == 7 * 24 * 3600
     assert settings.stream_max_message_bytes == 256 * 1024
+
+
+class _Messages:
+    """A source's pure half: ``m`` entries are messages, ``c`` closes."""
+
+    def message(self, entry: Entry) -> bytes | None:
+        return entry.data if entry.type == "m" else None
+
+    def closes(self, entry: Entry) -> bool:
+        return entry.type == "c"
+
+
+def _snap(entries: list[Entry], tail: EventId, closed: bool) -> Snapshot:
+    return Snapshot("text/plain", tail, closed, entries)
+
+
+def test_a_page_reaches_the_tail_and_then_closure() -> None:
+    ids = [EventId((10, i)) for i in range(4)]
+    entries = [Entry(i, "m", b"%d" % n) for n, i in enumerate(ids[:3])] + [Entry(ids[3], "c", b"")]
+    page = page_of(_Messages(), _snap(entries, ids[2], True), p.START)
+    assert page.messages == [b"0", b"1", b"2"]
+    assert (page.next, page.up_to_date, page.closed, page.seen) == (ids[2], True, True, ids[3])
+    # Partway (more entries beyond the page): neither up to date nor closed.
+    partial = page_of(_Messages(), _snap(entries[:1], ids[2], True), p.START)
+    assert (partial.next, partial.up_to_date, partial.closed) == (ids[0], False, False)
+    # At the tail of an open stream: no data, the tail, up to date.
+    empty = page_of(_Messages(), _snap([], ids[2], False), ids[2])
+    assert (empty.messages, empty.next, empty.up_to_date, empty.closed) == ([], ids[2], True, False)
+
+
+def test_a_page_stops_at_its_byte_budget_but_carries_one_message_whatever_its_size() -> None:
+    big = b"x" * (PAGE_BYTES - 10)
+    ids = [EventId((20, i)) for i in range(3)]
+    entries = [Entry(ids[0], "m", big), Entry(ids[1], "m", b"y" * 20), Entry(ids[2], "m", b"z")]
+    page = page_of(_Messages(), _snap(entries, ids[2], False), p.START)
+    assert page.messages == [big] and page.next == ids[0] and not page.up_to_date
+    huge = [Entry(ids[0], "m", b"x" * (PAGE_BYTES + 1))]
+    assert page_of(_Messages(), _snap(huge, ids[0], False), p.START).messages == [huge[0].data]

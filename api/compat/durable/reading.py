@@ -15,7 +15,7 @@ from fastapi import Response
 from fastapi.responses import StreamingResponse
 
 from api.compat.durable import protocol as p
-from api.compat.durable.sources import Source
+from api.compat.durable.sources import Messages, Source
 from api.errors import ApiError
 from tokenrelay.fanout import Hub
 from tokenrelay.store.streams import Entry, Snapshot
@@ -43,7 +43,7 @@ class Page:
     seen: EventId  # the last entry read, messages or not
 
 
-def page_of(src: Source, snap: Snapshot, after: EventId) -> Page:
+def page_of(src: Messages, snap: Snapshot, after: EventId) -> Page:
     messages: list[bytes] = []
     size = 0
     last_message: EventId | None = None

@@ -16,7 +16,17 @@ from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID, EventId
 JOB_CONTENT_TYPE = "application/json"
 
 
-class Source(Protocol):
+class Messages(Protocol):
+    """How a source's entries read: what a page of them carries (``reading.page_of``)."""
+
+    def message(self, entry: Entry) -> bytes | None:
+        """The entry's message bytes; None for an entry that carries none."""
+
+    def closes(self, entry: Entry) -> bool:
+        """Whether the stream is closed once ``entry`` is read."""
+
+
+class Source(Messages, Protocol):
     topic: str
     writable: bool
 
@@ -26,12 +36,6 @@ class Source(Protocol):
 
     async def state(self) -> StreamState | None:
         """State only (HEAD; a sliding TTL is not reset)."""
-
-    def message(self, entry: Entry) -> bytes | None:
-        """The entry's message bytes; None for an entry that carries none."""
-
-    def closes(self, entry: Entry) -> bool:
-        """Whether the stream is closed once ``entry`` is read."""
 
 
 class UserStream:
