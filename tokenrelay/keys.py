@@ -60,10 +60,12 @@ def durable_topic(name: str) -> str:
     return "ds." + hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
-def durable_keys(topic: str) -> tuple[str, str, str]:
+def durable_keys(topic: str) -> tuple[str, str, str, str]:
     """A Durable Stream's keys, in the order its Lua scripts take them: its state hash, its
-    entries (a stream read like a job's events) and its idempotent producers hash."""
-    return f"{_job_prefix(topic)}:dsmeta", events_key(topic), f"{_job_prefix(topic)}:dsprod"
+    entries (a stream read like a job's events), its idempotent producers hash and the set of
+    its forks' topics."""
+    prefix = _job_prefix(topic)
+    return f"{prefix}:dsmeta", events_key(topic), f"{prefix}:dsprod", f"{prefix}:dsforks"
 
 
 def recent_jobs_key(tenant: str) -> str:

@@ -7,13 +7,14 @@ from datetime import datetime
 
 from fastapi import APIRouter, Request, Response
 
+from api.compat.durable import forks, reading
 from api.compat.durable import protocol as p
-from api.compat.durable import reading
 from api.compat.durable.sources import JobStream, Source, UserStream
 from api.deps import RelayDep, TenantDep
 from api.errors import ApiError
 from api.reading import require_job
 from api.state import Relay
+from tokenrelay.errors import StreamGone
 from tokenrelay.keys import durable_topic
 from tokenrelay.store.streams import Appended, Producer
 
@@ -26,6 +27,7 @@ JOBS = "jobs/"
 READ_ONLY = {"Allow": "GET, HEAD"}
 _APPEND_STATUS = {
     "missing": (404, "no such stream"),
+    "gone": (410, "the stream was deleted (its forks remain)"),
     "ct": (409, "the content type differs from the stream's"),
     "seq": (409, "Stream-Seq is not after the last one"),
     "epoch_seq": (400, "a new producer epoch must start at Producer-Seq 0"),
@@ -153,25 +155,43 @@ async def create_stream(name: str, request: Request, r: RelayDep, tenant: Tenant
     if name.startswith(JOBS):
         raise ApiError(405, "jobs/ streams are jobs' events, read-only", headers=READ_ONLY)
     topic = durable_topic(_name(name))
-    if "stream-forked-from" in request.headers:
-        raise ApiError(501, "forks are not built (optional in the protocol)")
+    forked_from = request.headers.get("stream-forked-from")
+    forks.sub_offset(request.headers.get("stream-fork-sub-offset"), forked_from is not None)
     content_type = request.headers.get("content-type", "").strip()
-    if not content_type or "/" not in content_type:
-        content_type = "application/octet-stream"
+    if "/" not in content_type:
+        content_type = ""
     ttl, expires, expires_ms = _expiry(request)
     closed = p.closed_flag(request.headers.get("stream-closed"))
-    messages = _messages(r, content_type, await request.body(), create=True)
-    status, tail, is_closed = await r.durable.create(
-        topic,
-        tenant,
-        content_type=content_type,
-        normalized=p.normalize_type(content_type),
-        ttl=ttl,
-        expires_at=expires,
-        expires_ms=expires_ms,
-        closed=closed,
-        messages=messages,
-    )
+    body = await request.body()
+    if forked_from is not None:
+        spec = await forks.fork_spec(
+            r,
+            tenant,
+            forked_from,
+            dict(request.headers),
+            content_type=content_type,
+            ttl=ttl,
+            expires=expires,
+            expires_ms=expires_ms,
+            closed=closed,
+        )
+        content_type = spec.content_type
+        messages = _messages(r, content_type, body, create=True)
+        status, tail, is_closed = await r.durable.fork(topic, tenant, spec, messages)
+    else:
+        content_type = content_type or "application/octet-stream"
+        messages = _messages(r, content_type, body, create=True)
+        status, tail, is_closed = await r.durable.create(
+            topic,
+            tenant,
+            content_type=content_type,
+            normalized=p.normalize_type(content_type),
+            ttl=ttl,
+            expires_at=expires,
+            expires_ms=expires_ms,
+            closed=closed,
+            messages=messages,
+        )
     if status == "conflict":
         raise ApiError(409, "the stream exists with another configuration")
     headers = {"Content-Type": content_type, "Stream-Next-Offset": p.offset_of(tail)}
@@ -266,6 +286,9 @@ def _appended(done: Appended, producer: Producer | None, close: bool, data: bool
 async def delete_stream(name: str, r: RelayDep, tenant: TenantDep) -> Response:
     if name.startswith(JOBS):
         raise ApiError(405, "jobs/ streams are jobs' events, read-only", headers=READ_ONLY)
-    if not await r.durable.delete(durable_topic(_name(name)), tenant):
+    status = await r.durable.delete(durable_topic(_name(name)), tenant)
+    if status == "missing":
         raise ApiError(404, "no such stream")
+    if status == "gone":
+        raise StreamGone
     return Response(status_code=204)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from api.state import Relay
-from tokenrelay.store.streams import CLOSED, MESSAGE, Entry, Snapshot, StreamState
+from tokenrelay.store.streams import CLOSED, MESSAGES, Entry, Snapshot, StreamState
 from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID, EventId
 
 JOB_CONTENT_TYPE = "application/json"
@@ -55,7 +55,7 @@ class UserStream:
         return await self.store.head(self.topic, self.owner)
 
     def message(self, entry: Entry) -> bytes | None:
-        return entry.data if entry.type == MESSAGE else None
+        return entry.data if entry.type in MESSAGES else None
 
     def closes(self, entry: Entry) -> bool:
         return entry.type == CLOSED

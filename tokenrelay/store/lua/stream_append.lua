@@ -1,15 +1,16 @@
 -- Append to a Durable Stream and/or close it: every check, the append, the producer's and the
 -- stream's state, the expiry and the readers' wake-up (a 'c' entry on close) in one call.
--- KEYS: meta hash, entries stream, producers hash
+-- KEYS: meta hash, entries stream, producers hash, forks set
 -- ARGV: owner, normalized content type ('' when no body), close ('1'/'0'), Stream-Seq ('' none),
 --       producer id ('' none), producer epoch, producer seq, retention ms, then the messages
--- Returns {status, tail id, detail}: ok | missing | closed | dup_closed | ct | seq |
+-- Returns {status, tail id, detail}: ok | missing | gone | closed | dup_closed | ct | seq |
 --         stale (detail: current epoch) | epoch_seq | gap (detail: last seq, '' when new) | dup
 local meta = KEYS[1]
 local owner, ctn, close, seq, pid, epoch, pseq, retention =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local cur = redis.call('HMGET', meta, 'owner', 'ctn', 'closed', 'tail', 'seq', 'cb')
+local cur = redis.call('HMGET', meta, 'owner', 'ctn', 'closed', 'tail', 'seq', 'cb', 'gone')
 if not cur[1] or cur[1] ~= owner then return {'missing', '', ''} end
+if cur[7] then return {'gone', '', ''} end
 local tail = cur[4]
 local n = #ARGV - 8
 if cur[3] == '1' then
@@ -42,8 +43,8 @@ if pid ~= '' then
   state = epoch .. ' ' .. pseq
 end
 if seq ~= '' and cur[5] and seq <= cur[5] then return {'seq', tail, ''} end
-for i = 9, #ARGV do
-  tail = redis.call('XADD', KEYS[2], '*', 't', 'm', 'd', ARGV[i])
+for i = 9, #ARGV do  -- 'm' starts a request's messages, 'n' goes on with them (JSON batches)
+  tail = redis.call('XADD', KEYS[2], '*', 't', i == 9 and 'm' or 'n', 'd', ARGV[i])
 end
 redis.call('HSET', meta, 'tail', tail)
 if seq ~= '' then redis.call('HSET', meta, 'seq', seq) end
