@@ -172,6 +172,10 @@ async def test_a_stream_is_the_key_that_created_it(keyed: RelaySystem) -> None:
             assert other.status_code == 404, method
         assert (await client.put(path, content=b"", headers=B | plain)).status_code == 409
         assert (await client.get(path, headers=A)).content == b"mine"
+        fork = {"Stream-Forked-From": path}
+        assert (await client.put(f"{path}-b", headers=B | fork)).status_code == 404
+        assert (await client.put(f"{path}-a", headers=A | fork)).status_code == 201
+        assert (await client.get(f"{path}-a", headers=A)).content == b"mine"
         # A job's stream is its key's, as the job is (no worker here: it stays queued).
         created = await client.post(
             "/v1/jobs",

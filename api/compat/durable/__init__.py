@@ -4,6 +4,7 @@
     protocol.py   pure: offsets, cursors, JSON mode, SSE events, ETags
     sources.py    what a stream URL reads: a user stream, or a job's events (read-only)
     reading.py    catch-up, long-poll and SSE reads over a source
+    forks.py      a fork's creation: its source's messages up to the fork point, copied
     routes.py     the FastAPI routes
     headers.py    the security and CORS headers every protocol response carries
 """
