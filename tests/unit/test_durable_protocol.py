@@ -116,8 +116,11 @@ class _Messages:
     def message(self, entry: Entry) -> bytes | None:
         return entry.data if entry.type == "m" else None
 
-    def closes(self, entry: Entry) -> bool:
-        return entry.type == "c"
+    def carries(self, kind: str) -> bool:
+        return kind == "m"
+
+    def closes(self, kind: str) -> bool:
+        return kind == "c"
 
 
 def _snap(entries: list[Entry], tail: EventId, closed: bool) -> Snapshot:

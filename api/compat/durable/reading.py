@@ -7,6 +7,7 @@ never poll Redis.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from api.compat.durable import protocol as p
 from api.compat.durable.sources import Messages, Source
 from api.errors import ApiError
 from tokenrelay.fanout import Hub
+from tokenrelay.store.events import StoredEvent
 from tokenrelay.store.streams import Entry, Snapshot
 from tokenrelay.wire import EventId
 
@@ -149,6 +151,33 @@ async def long_poll(
     return Response(body_of(page.messages, snap.content_type), headers=headers)
 
 
+def advance(src: Messages, events: list[StoredEvent], last: EventId) -> tuple[EventId, bool]:
+    """Where a reader at ``last`` stands after ``events``, and whether the stream is closed."""
+    closed = any(src.closes(e.type) for e in events)
+    for stored in reversed(events):
+        if src.carries(stored.type):
+            return EventId.parse(stored.id), closed
+    return last, closed
+
+
+def live_batch(
+    src: Messages,
+    content_type: str,
+    last: EventId,
+    client_cursor: str | None,
+    events: list[StoredEvent],
+) -> bytes:
+    """A live batch's SSE bytes for a reader at ``last``: a ``data`` event with its messages
+    (if any) and a ``control`` event."""
+    entries = [Entry(EventId.parse(e.id), e.type, e.data) for e in events]
+    messages = [m for m in map(src.message, entries) if m is not None]
+    nxt, closed = advance(src, events, last)
+    data = p.sse_data(messages, content_type) if messages else b""
+    return data + p.control(
+        p.offset_of(nxt), closed=closed, up_to_date=True, client_cursor=client_cursor
+    )
+
+
 async def sse(
     src: Source, hub: Hub, after: EventId | None, client_cursor: str | None, keepalive_s: float
 ) -> Response:
@@ -160,15 +189,11 @@ async def sse(
     if not p.is_text(content_type):
         headers["Stream-SSE-Data-Encoding"] = "base64"
 
-    def data_events(messages: list[bytes]) -> bytes:
-        # One data event per batch, a control after it: a JSON batch is one array.
-        return p.sse_data(messages, content_type) if messages else b""
-
     async def events(snap: Snapshot, start: EventId) -> AsyncIterator[bytes]:
         ends_at = time.monotonic() + SSE_LIFETIME_S
         while True:  # catch up, page by page
             page = page_of(src, snap, start)
-            out = data_events(page.messages)
+            out = p.sse_data(page.messages, content_type) if page.messages else b""
             yield out + p.control(
                 p.offset_of(page.next),
                 closed=page.closed,
@@ -187,26 +212,23 @@ async def sse(
         async with hub.subscribe(src.topic, start) as sub:
             while time.monotonic() < ends_at:
                 batches = await sub.next(min(keepalive_s, max(0.0, ends_at - time.monotonic())))
-                closed = False
-                messages: list[bytes] = []
-                for batch in batches or ():
-                    for stored in batch.events:
-                        entry = Entry(EventId.parse(stored.id), stored.type, stored.data)
-                        data = src.message(entry)
-                        if data is not None:
-                            messages.append(data)
-                            last = entry.id
-                        closed = closed or src.closes(entry)
-                if batches is not None and not messages and not closed:
+                if batches is None:  # a keep-alive
+                    yield p.control(
+                        p.offset_of(last),
+                        closed=False,
+                        up_to_date=True,
+                        client_cursor=client_cursor,
+                    )
                     continue
-                yield data_events(messages) + p.control(
-                    p.offset_of(last),
-                    closed=closed,
-                    up_to_date=True,
-                    client_cursor=client_cursor,
-                )
-                if closed:
-                    return
+                for batch in batches:
+                    # Readers at the same point share a batch's rendering (``Batch.encoded``).
+                    key = f"durable-sse {content_type} {last} {client_cursor}"
+                    yield batch.encoded(
+                        key, functools.partial(live_batch, src, content_type, last, client_cursor)
+                    )
+                    last, closed = advance(src, batch.events, last)
+                    if closed:
+                        return
 
     headers["Content-Type"] = "text/event-stream"  # exactly: no charset parameter
     return StreamingResponse(events(first, after), media_type=None, headers=headers)

@@ -22,8 +22,11 @@ class Messages(Protocol):
     def message(self, entry: Entry) -> bytes | None:
         """The entry's message bytes; None for an entry that carries none."""
 
-    def closes(self, entry: Entry) -> bool:
-        """Whether the stream is closed once ``entry`` is read."""
+    def carries(self, kind: str) -> bool:
+        """Whether entries of type ``kind`` are messages."""
+
+    def closes(self, kind: str) -> bool:
+        """Whether the stream is closed once an entry of type ``kind`` is read."""
 
 
 class Source(Messages, Protocol):
@@ -57,8 +60,11 @@ class UserStream:
     def message(self, entry: Entry) -> bytes | None:
         return entry.data if entry.type in MESSAGES else None
 
-    def closes(self, entry: Entry) -> bool:
-        return entry.type == CLOSED
+    def carries(self, kind: str) -> bool:
+        return kind in MESSAGES
+
+    def closes(self, kind: str) -> bool:
+        return kind == CLOSED
 
 
 def job_message(entry: Entry) -> bytes:
@@ -108,5 +114,8 @@ class JobStream:
     def message(self, entry: Entry) -> bytes | None:
         return job_message(entry)
 
-    def closes(self, entry: Entry) -> bool:
-        return entry.type == "end"
+    def carries(self, kind: str) -> bool:
+        return True
+
+    def closes(self, kind: str) -> bool:
+        return kind == "end"
