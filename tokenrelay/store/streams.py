@@ -34,6 +34,7 @@ MORE = "n"  # a further message of the same request (a JSON batch)
 MESSAGES = (MESSAGE, MORE)
 CLOSED = "c"
 PAGE = 1000
+_KINDS = {kind.encode(): kind for kind in (MESSAGE, MORE, CLOSED)}
 
 CreateStatus = Literal["created", "exists", "conflict"]
 DeleteStatus = Literal["missing", "gone", "kept", "deleted"]
@@ -102,6 +103,12 @@ class ForkSpec:
     sub_offset: str
     tail: EventId
     copied: list[Entry]
+
+
+def _entry_id(raw: bytes) -> EventId:
+    """An id as Redis wrote it (``<ms>-<seq>``): split, not matched, on the read path."""
+    ms, _, seq = raw.partition(b"-")
+    return EventId((int(ms), int(seq)))
 
 
 def _text(value: Any) -> str:
@@ -183,7 +190,7 @@ class DurableStreamStore:
             raise StreamGone
         ct, tail, closed, raw = reply
         entries = [
-            Entry(EventId.parse(_text(eid)), _text(fields[1]), bytes(fields[3]))
+            Entry(_entry_id(eid), _KINDS.get(fields[1]) or _text(fields[1]), fields[3])
             for eid, fields in raw
         ]
         return Snapshot(_text(ct), EventId.parse(_text(tail)), _text(closed) == "1", entries)
@@ -236,7 +243,7 @@ class DurableStreamStore:
         """Up to ``count`` message entries after ``after`` (up to ``upto`` included)."""
         end = "+" if upto is None else str(upto)
         raw = await self.redis.xrange(durable_keys(topic)[1], f"({after}", end, count=count)
-        entries = [Entry(EventId.parse(_text(i)), _text(f[b"t"]), f[b"d"]) for i, f in raw]
+        entries = [Entry(_entry_id(i), _text(f[b"t"]), f[b"d"]) for i, f in raw]
         return [e for e in entries if e.type in MESSAGES]
 
     async def fork(
