@@ -10,9 +10,10 @@ import orjson
 import pytest
 
 from api.compat.durable import protocol as p
-from api.compat.durable.reading import PAGE_BYTES, page_of
+from api.compat.durable.reading import PAGE_BYTES, advance, live_batch, page_of
 from api.compat.durable.sources import job_message
 from tokenrelay.settings import Settings
+from tokenrelay.store.events import StoredEvent
 from tokenrelay.store.streams import Entry, Snapshot
 from tokenrelay.wire import EventId
 
@@ -149,3 +150,22 @@ def test_a_page_stops_at_its_byte_budget_but_carries_one_message_whatever_its_si
     assert page.messages == [big] and page.next == ids[0] and not page.up_to_date
     huge = [Entry(ids[0], "m", b"x" * (PAGE_BYTES + 1))]
     assert page_of(_Messages(), _snap(huge, ids[0], False), p.START).messages == [huge[0].data]
+
+
+def test_a_live_batch_is_a_data_event_then_a_control_and_says_when_closed() -> None:
+    last = EventId((30, 0))
+    events = [StoredEvent("31-0", "m", b'{"a":1}'), StoredEvent("32-0", "c", b"")]
+    out = live_batch(_Messages(), "application/json", last, None, events).decode()
+    data, control, _ = out.split("\n\n")
+    assert data == 'event: data\ndata:[{"a":1}]'
+    assert orjson.loads(control.split("data:", 1)[1]) == {
+        "streamNextOffset": p.offset_of(EventId((31, 0))),
+        "streamClosed": True,
+        "upToDate": True,
+    }
+    assert advance(_Messages(), events, last) == (EventId((31, 0)), True)
+    # Only the close: no data event, the reader's offset stays.
+    only_close = [StoredEvent("33-0", "c", b"")]
+    out = live_batch(_Messages(), "text/plain", last, None, only_close).decode()
+    assert out.startswith("event: control") and p.offset_of(last) in out
+    assert advance(_Messages(), only_close, last) == (last, True)
