@@ -14,6 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import tokenrelay
 from api import errors
 from api.compat.aisdk import router as aisdk_router
+from api.compat.durable import ProtocolHeaders
+from api.compat.durable import router as durable_router
 from api.compat.ollama import router as ollama_router
 from api.compat.openai import router as openai_router
 from api.compat.responses import router as responses_router
@@ -130,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ollama_router)
     app.include_router(aisdk_router)
     app.include_router(responses_router)
+    app.include_router(durable_router)
 
     page = (Path(__file__).parent / "static" / "index.html").read_bytes()
 
@@ -153,5 +156,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Tokenrelay-Job", "Location", "Retry-After"],
             max_age=600,
         )
+    app.add_middleware(ProtocolHeaders)  # outside CORS: the protocol answers its own preflights
     app.add_middleware(HeaderLimit, limit=settings.max_header_bytes)  # the outer one: first
     return app

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.encoding import JSONBody
-from tokenrelay.errors import EventIdExpired, InvalidEventId, JobNotFound, clipped
+from tokenrelay.errors import EventIdExpired, InvalidEventId, JobNotFound, StreamGone, clipped
 
 log = structlog.get_logger("tokenrelay.api")
 
@@ -156,5 +156,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(JobNotFound, _known_error(404))
     app.add_exception_handler(InvalidEventId, _known_error(400, "after"))
     app.add_exception_handler(EventIdExpired, _known_error(410, "after"))
+    app.add_exception_handler(StreamGone, _known_error(410))
     app.add_exception_handler(RedisError, _redis_error)
     app.add_exception_handler(Exception, _unexpected)

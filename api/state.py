@@ -16,6 +16,7 @@ from tokenrelay.store.idempotency import IdempotencyStore
 from tokenrelay.store.jobs import JobStore
 from tokenrelay.store.leases import Reaper
 from tokenrelay.store.queue import JobQueue
+from tokenrelay.store.streams import DurableStreamStore
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Relay:
     hub: Hub
     reaper: Reaper
     idempotency: IdempotencyStore  # on the queue Redis: confirmed in the enqueue's MULTI/EXEC
+    durable: DurableStreamStore  # Durable Streams' user streams (``api.compat.durable``)
 
     @classmethod
     async def open(cls, settings: Settings) -> Relay:
@@ -47,8 +49,19 @@ class Relay:
         reaper.start()
         idempotency = IdempotencyStore(queue, ttl_s=settings.stream_ttl_s)
         control = Control(queue)
+        durable = DurableStreamStore(redis, retention_s=settings.stream_retention_s)
         return cls(
-            settings, redis, queue, events, jobs, job_queue, control, hub, reaper, idempotency
+            settings,
+            redis,
+            queue,
+            events,
+            jobs,
+            job_queue,
+            control,
+            hub,
+            reaper,
+            idempotency,
+            durable,
         )
 
     async def aclose(self) -> None:

@@ -52,3 +52,18 @@ def test_quick_scale_benchmark_prints_every_configuration(tmp_path: Path) -> Non
     assert [(r[0], r[1]) for r in rows] == [("1", "1"), ("2", "1"), ("1", "2"), ("2", "2")]
     for row in rows:
         assert float(row[3].replace(",", "")) > 0 and float(row[5].replace(",", "")) > 0
+
+
+def test_quick_durable_streams_benchmark_prints_every_figure(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "ops/bench/durable.py", "--quick", "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for figure in ("appends/s", "catch-up reads/s", "deliveries/s to 100 SSE readers"):
+        (line,) = [row for row in result.stdout.splitlines() if row.startswith(figure)]
+        cells = [cell.strip().replace(",", "") for cell in line.split("|")]
+        assert len(cells) == 3 and float(cells[1]) > 0 and float(cells[2]) > 0, line

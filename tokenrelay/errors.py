@@ -10,6 +10,7 @@
     ├── JobNotFound                   no such job (or not yours, or expired)
     ├── InvalidEventId                a resume point that is malformed or was never issued
     ├── EventIdExpired                a resume point older than what is still kept
+    ├── StreamGone                    a Durable Stream deleted but kept for its forks (410)
     ├── Fenced                        this attempt no longer owns the job (reaped, or ended before)
     └── StoreUnavailable              Redis refused or failed a write past the retry budget
 
@@ -100,6 +101,13 @@ class InvalidEventId(RelayError):
 
 class EventIdExpired(RelayError):
     pass
+
+
+class StreamGone(RelayError):
+    """A Durable Stream that was deleted while forks of it remained: gone, not missing."""
+
+    def __init__(self) -> None:
+        super().__init__("the stream was deleted (its forks remain)")
 
 
 class Fenced(RelayError):

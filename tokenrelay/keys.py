@@ -3,6 +3,7 @@ keeps its own in ``arq.constants``, whose names ``tokenrelay.store.queue`` re-ex
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 
 # --- Redis keys -------------------------------------------------------------------------------
@@ -51,6 +52,20 @@ def job_of(key: str) -> str:
 def job_keys(job_id: str) -> tuple[str, str, str]:
     """The three keys of a job, in the order the Lua scripts take them."""
     return events_key(job_id), job_key(job_id), text_key(job_id)
+
+
+def durable_topic(name: str) -> str:
+    """The topic of a Durable Stream (``api.compat.durable``): a job-like id, no colon, so
+    its keys live in one shard's slot and the hub follows it as it follows a job's events."""
+    return "ds." + hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def durable_keys(topic: str) -> tuple[str, str, str, str]:
+    """A Durable Stream's keys, in the order its Lua scripts take them: its state hash, its
+    entries (a stream read like a job's events), its idempotent producers hash and the set of
+    its forks' topics."""
+    prefix = _job_prefix(topic)
+    return f"{prefix}:dsmeta", events_key(topic), f"{prefix}:dsprod", f"{prefix}:dsforks"
 
 
 def recent_jobs_key(tenant: str) -> str:

@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     cors_origins: str = Field(
         default="", description="browser origins that may call the API, comma-separated; * any"
     )
+    stream_long_poll_s: float = Field(
+        default=20.0, gt=0, le=300, description="Durable Streams long-poll wait before its 204"
+    )
+    stream_retention_s: int = Field(
+        default=604_800, gt=0, description="Durable Streams created without a TTL: kept this long"
+    )
+    stream_max_message_bytes: int = Field(
+        default=262_144, gt=0, description="Durable Streams message size; then 413"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 

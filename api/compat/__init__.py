@@ -9,6 +9,9 @@ AI SDK's UI message stream) copies the shape of an existing one:
                              stream chunks or lines (a ``View`` and a ``Renderer``)
     <protocol>/routes.py     the FastAPI routes only: no Redis command, no rendering
 
+``durable`` is the one protocol that is not jobs rendered: the Durable Streams protocol, whose
+streams are its own (and jobs' events, read through it); its folder says its shape.
+
 What they share: ``base`` (the request and ``View`` bases, the ``Renderer`` protocol, model
 names and instants; pure) and ``jobs`` (a job submitted from a protocol request, followed,
 rendered as a stream, awaited; a failed job's HTTP error).

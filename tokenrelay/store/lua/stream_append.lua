@@ -1,0 +1,58 @@
+-- Append to a Durable Stream and/or close it: every check, the append, the producer's and the
+-- stream's state, the expiry and the readers' wake-up (a 'c' entry on close) in one call.
+-- KEYS: meta hash, entries stream, producers hash, forks set
+-- ARGV: owner, normalized content type ('' when no body), close ('1'/'0'), Stream-Seq ('' none),
+--       producer id ('' none), producer epoch, producer seq, retention ms, then the messages
+-- Returns {status, tail id, detail}: ok | missing | gone | closed | dup_closed | ct | seq |
+--         stale (detail: current epoch) | epoch_seq | gap (detail: last seq, '' when new) | dup
+local meta = KEYS[1]
+local owner, ctn, close, seq, pid, epoch, pseq, retention =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local cur = redis.call('HMGET', meta, 'owner', 'ctn', 'closed', 'tail', 'seq', 'cb', 'gone')
+if not cur[1] or cur[1] ~= owner then return {'missing', '', ''} end
+if cur[7] then return {'gone', '', ''} end
+local tail = cur[4]
+local n = #ARGV - 8
+if cur[3] == '1' then
+  if pid ~= '' and cur[6] == pid .. '\n' .. epoch .. '\n' .. pseq then
+    return {'dup_closed', tail, pseq}
+  end
+  if n == 0 and close == '1' and pid == '' then return {'ok', tail, ''} end
+  return {'closed', tail, ''}
+end
+if n > 0 and ctn ~= cur[2] then return {'ct', tail, ''} end
+local state = nil
+if pid ~= '' then
+  local raw = redis.call('HGET', KEYS[3], pid)
+  local e, s = tonumber(epoch), tonumber(pseq)
+  if not raw then
+    if s ~= 0 then return {'gap', tail, ''} end
+  else
+    local sep = string.find(raw, ' ', 1, true)
+    local st_epoch, st_seq = string.sub(raw, 1, sep - 1), string.sub(raw, sep + 1)
+    local se, ss = tonumber(st_epoch), tonumber(st_seq)
+    if e < se then return {'stale', tail, st_epoch} end
+    if e > se then
+      if s ~= 0 then return {'epoch_seq', tail, ''} end
+    elseif s <= ss then
+      return {'dup', tail, st_seq}
+    elseif s ~= ss + 1 then
+      return {'gap', tail, st_seq}
+    end
+  end
+  state = epoch .. ' ' .. pseq
+end
+if seq ~= '' and cur[5] and seq <= cur[5] then return {'seq', tail, ''} end
+for i = 9, #ARGV do  -- 'm' starts a request's messages, 'n' goes on with them (JSON batches)
+  tail = redis.call('XADD', KEYS[2], '*', 't', i == 9 and 'm' or 'n', 'd', ARGV[i])
+end
+redis.call('HSET', meta, 'tail', tail)
+if seq ~= '' then redis.call('HSET', meta, 'seq', seq) end
+if state then redis.call('HSET', KEYS[3], pid, state) end
+if close == '1' then
+  redis.call('HSET', meta, 'closed', '1')
+  if pid ~= '' then redis.call('HSET', meta, 'cb', pid .. '\n' .. epoch .. '\n' .. pseq) end
+  redis.call('XADD', KEYS[2], '*', 't', 'c', 'd', '')
+end
+stream_expiry(meta, KEYS, retention)
+return {'ok', tail, ''}
