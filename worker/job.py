@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import httpx
 import orjson
 import structlog
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tokenrelay.errors import Fenced, StoreUnavailable
@@ -51,13 +52,14 @@ class JobRunner:
         jobs: JobQueue,
         control: Control,
         worker_id: str,
+        lease_redis: Redis | None = None,
     ) -> None:
         self.settings = settings
         self.records = records
         self.writer = writer
         self.jobs = jobs
         self.control = control
-        self.leases = Leases(jobs, self.active)
+        self.leases = Leases(jobs, self.active, lease_redis)
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
             follow_redirects=False,
@@ -68,13 +70,16 @@ class JobRunner:
         self.attempts = Attempts(settings, self.upstreams, self.leases)
         self.worker_id = worker_id
         self._running: dict[str, JobControl] = {}
+        self._held: set[str] = set()  # leased by this process: from the take to the release
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
     def active(self) -> set[str]:
-        """The jobs this process runs now (a copy)."""
-        return set(self._running)
+        """The jobs this process holds a lease on (a copy): each from its take until its
+        records are released, not only while it runs, so a release slowed by a busy Redis
+        never leaves a lease to lapse under a job that is still being settled."""
+        return set(self._held)
 
     def cancel(self, job_id: str) -> bool:
         """Abort the job's upstream request if it runs here; the job then ends ``cancelled``."""
@@ -95,6 +100,7 @@ class JobRunner:
         state = _Run(taken)
         # Registered before the claim, so a cancel that follows it always finds the job, and
         # its lease is renewed from the next round on.
+        self._held.add(job_id)
         self._running[job_id] = state.control
         try:
             await self._run(state)
@@ -109,8 +115,11 @@ class JobRunner:
         finally:
             self._running.pop(job_id, None)
             self.writer.forget(job_id)
-            if state.ended:
-                await self._release(job_id)
+            try:
+                if state.ended:
+                    await self._release(job_id)
+            finally:
+                self._held.discard(job_id)
             structlog.contextvars.unbind_contextvars("job_id", "upstream", "model", "attempt")
 
     async def _release(self, job_id: str) -> None:

@@ -260,16 +260,23 @@ class JobQueue:
         )
         return int(found)
 
-    async def renew(self, job_ids: Sequence[str], slots: Mapping[str, Sequence[str]]) -> None:
+    async def renew(
+        self,
+        job_ids: Sequence[str],
+        slots: Mapping[str, Sequence[str]],
+        *,
+        redis: Redis | None = None,
+    ) -> None:
         """Push the leases of ``job_ids`` a lease TTL ahead, and the members of each sorted set
         in ``slots`` (upstream concurrency slots) still there, in one round trip.
 
         Leases are set with a plain ZADD, not XX: a lease its holder still runs comes back
         even if a stale reaper or taker removed it, so a running job is never left without
         one (a lease of a job that already ended is harmless: the reaper only tidies it).
+        ``redis``: a client of the queue Redis other than the shared one (its own connection).
         """
         deadline = now_ms() + self.lease_ttl_ms
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with (redis or self.redis).pipeline(transaction=False) as pipe:
             pipe.zadd(LEASES_KEY, dict.fromkeys(job_ids, deadline))
             for key, members in slots.items():
                 pipe.zadd(key, dict.fromkeys(members, deadline), xx=True)
