@@ -94,11 +94,11 @@ class Stack:
         me = [sys.executable, "-m", "tokenrelay.cli"]
         self.api_ports = [self.api_port] + [free_port() for _ in range(apis - 1)]
         started = [
-            (self.spawn(f"api{i}", [*me, "api", "--port", str(port)], env), port)
+            (self.spawn(f"api{i}", [*me, "api", "--workers", "1", "--port", str(port)], env), port)
             for i, port in enumerate(self.api_ports)
         ]
         for i in range(workers):
-            self.spawn(f"worker{i}", [*me, "worker"], env)
+            self.spawn(f"worker{i}", [*me, "worker", "--processes", "1"], env)
         for api, port in started:
             api.wait_ready(functools.partial(http_ok, f"http://127.0.0.1:{port}/healthz"), 30)
         time.sleep(1.0)  # the worker's pub/sub listener
