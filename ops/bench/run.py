@@ -406,9 +406,14 @@ async def concurrency(s: Stack, jobs: int, rate: float, seconds: float) -> Row:
 
 
 async def suite(s: Stack, quick: bool, only_ttft: bool = False) -> list[Row]:
+    import cpu  # ops/bench/cpu.py and firsttoken.py stand on this module: imported late
+    import firsttoken
+
     rows = [await ttft(s, 20 if quick else 200)]
+    rows += await firsttoken.first_token(s, 10 if quick else 40)
     if only_ttft:
         return rows
+    rows += await cpu.suite(s, quick)
     if quick:
         rows.append(await delta_latency(s, jobs=10, tokens=20, rate=50))
         rows.append(await publish_rate(s, jobs=50, tokens=50))
