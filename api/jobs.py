@@ -13,6 +13,7 @@ import structlog
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
+from starlette.background import BackgroundTask
 
 from api.deps import RelayDep, TenantDep
 from api.encoding import (
@@ -102,7 +103,7 @@ async def submit_job(
     ``IDEMPOTENCY_WAIT_S``), then answers 409 with ``Retry-After``. Another body is a 409.
     """
     if idempotency_key_header is None:
-        return _accepted(await submit(r, tenant, body, via="jobs"))
+        return _accepted(r, await submit(r, tenant, body, via="jobs", wake=False))
     try:
         body_hash = fingerprint(body.model_dump(mode="json"))
     except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits in a message
@@ -135,21 +136,26 @@ async def submit_job(
         await store.release(key, held)
     confirm = functools.partial(store.confirm, key=key, job_id=job_id, body_hash=body_hash)
     try:
-        job = await submit(r, tenant, body, via="jobs", job_id=job_id, on_enqueue=confirm)
+        job = await submit(
+            r, tenant, body, via="jobs", job_id=job_id, on_enqueue=confirm, wake=False
+        )
     except BaseException:
         # Not enqueued (or, after a lost reply, maybe enqueued and confirmed): drop the claim
         # if it is still our pending one, so the key can be used again.
         with contextlib.suppress(RedisError):
             await store.release(key, Held(job_id, body_hash, pending=True))
         raise
-    return _accepted(job)
+    return _accepted(r, job)
 
 
-def _accepted(job: Submitted) -> JSONBody:
+def _accepted(r: Relay, job: Submitted) -> JSONBody:
+    """202 for a job just enqueued; the workers are woken once the answer is written, so the
+    one woken does not compete with the answer for the CPU (the POST's stages: README)."""
     return JSONBody(
         _created(job.id, "queued", job.created_at),
         status_code=202,
         headers={"Location": f"/v1/jobs/{job.id}"},
+        background=BackgroundTask(r.job_queue.wake, job.id),
     )
 
 
