@@ -6,13 +6,15 @@ arq's records of a job are ``arq:job:<id>`` (the serialized call), its place in 
 tokenrelay writes them itself, in the round trips it already makes, and takes a job off the
 queue with one Lua call instead of arq's WATCH/MULTI. A job's way, each step atomic:
 
-    submit   status hash (queued) + arq's records + wake-up           API     (one MULTI)
+    submit   status hash (queued) + arq's records [+ wake-up]         API     (one MULTI)
     take     in-progress (the taker's token) + lease [+ claim]         worker  (take.lua)
     claim    queued -> running, owner                                  worker  (split Redis)
     events   ... then ``end``, with the final status                   worker  (append.lua)
     finish   arq's records and the lease gone, only once ``end`` is stored
     reap     lease lapsed: running -> ``error`` + ``end``, then finish;
              queued -> the taker is voided and the job handed back     any process
+
+``POST /v1/jobs`` sends the wake-up once its answer is written (``JobQueue.wake``).
 
 So from the moment a job leaves the queue until its ``end`` is stored, it is leased: there is
 no instant where it is neither queued nor leased, and a worker's death at any point is seen.
