@@ -46,7 +46,7 @@ test: lint browser js
 	$(BIN)/python -m pytest
 
 # Everything but the real-model and browser tests (seconds, not minutes).
-test-fast: lint
+test-fast: lint js
 	$(BIN)/python -m pytest -m "not e2e"
 
 # tokenrelay beside resumable-stream and resumable-sse (ops/bench/PEERS.md); the peers get

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from api.auth import tenant_of
 from api.state import Relay
@@ -18,3 +18,12 @@ async def relay(request: Request) -> Relay:
 
 RelayDep = Annotated[Relay, Depends(relay)]
 TenantDep = Annotated[str, Depends(tenant_of)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="the same key and body again: the same job (replayed), not a second one",
+    ),
+]

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import orjson
 import structlog
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
-from redis.exceptions import RedisError
 from starlette.background import BackgroundTask
 
-from api.deps import RelayDep, TenantDep
+from api.cancellation import request_cancel
+from api.deps import IdempotencyKey, RelayDep, TenantDep
 from api.encoding import (
     KEEPALIVE,
     NDJSON_MEDIA_TYPE,
@@ -25,22 +23,15 @@ from api.encoding import (
     encode,
     wire_format,
 )
-from api.errors import ApiError
 from api.reading import follow, load_job, require_job, resume_point
 from api.schemas import ErrorBody, Job, JobCreated, JobRequest, UpstreamList
 from api.state import Relay
-from api.submission import Submitted, new_job_id, submit
-from tokenrelay.store.idempotency import Held, fingerprint
-from tokenrelay.wire import TERMINAL_STATUSES, EventId, JobRecord, now_rfc3339
+from api.submission import Earlier, OnEnqueue, Submitted, submit, submit_once
+from tokenrelay.wire import EventId, JobRecord
 
 log = structlog.get_logger("tokenrelay.api")
 
 router = APIRouter(prefix="/v1")
-
-IDEMPOTENCY_WAIT_S = 2.0
-"""How long a request waits for another request with its Idempotency-Key (and body) to finish
-submitting, before it answers 409 with ``Retry-After``."""
-
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
@@ -89,12 +80,7 @@ async def list_upstreams(r: RelayDep, _: TenantDep) -> JSONBody:
     responses={**ERRORS, 200: {"model": JobCreated, "description": "idempotent replay"}},
 )
 async def submit_job(
-    body: JobRequest,
-    r: RelayDep,
-    tenant: TenantDep,
-    idempotency_key_header: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
-    ] = None,
+    body: JobRequest, r: RelayDep, tenant: TenantDep, idempotency_key: IdempotencyKey = None
 ) -> JSONBody:
     """Enqueue a generation job. Its events stream at ``events_url``.
 
@@ -102,49 +88,19 @@ async def submit_job(
     the first request with the key is still submitting, another waits for it (up to
     ``IDEMPOTENCY_WAIT_S``), then answers 409 with ``Retry-After``. Another body is a 409.
     """
-    if idempotency_key_header is None:
-        return _accepted(r, await submit(r, tenant, body, via="jobs", wake=False))
-    try:
-        body_hash = fingerprint(body.model_dump(mode="json"))
-    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits in a message
-        raise ApiError(422, f"the request holds a value that cannot be stored: {exc}") from None
-    store = r.idempotency
-    key = store.key(tenant, idempotency_key_header)
-    job_id = new_job_id()
-    while held := await store.claim(key, job_id, body_hash, wait_s=IDEMPOTENCY_WAIT_S):
-        if not secrets.compare_digest(held.body_hash, body_hash):
-            raise ApiError(
-                409, "this Idempotency-Key was used with another body", param="Idempotency-Key"
-            )
-        if held.pending:
-            raise ApiError(
-                409,
-                "a request with this Idempotency-Key is still being submitted; retry shortly",
-                param="Idempotency-Key",
-                headers={"Retry-After": "1"},
-            )
-        found = await r.jobs.get_job(held.job_id)
-        if found is not None:
-            fields, _ = found
-            return JSONBody(
-                _created(held.job_id, fields["status"], fields["created_at"]),
-                status_code=200,
-                headers={"Location": f"/v1/jobs/{held.job_id}"},
-            )
-        # The job is gone (expired, or lost with its Redis): the key names nothing. Free it.
-        log.warning("idempotency_key_orphaned", job_id=held.job_id)
-        await store.release(key, held)
-    confirm = functools.partial(store.confirm, key=key, job_id=job_id, body_hash=body_hash)
-    try:
-        job = await submit(
-            r, tenant, body, via="jobs", job_id=job_id, on_enqueue=confirm, wake=False
+
+    async def start(job_id: str, on_enqueue: OnEnqueue | None) -> Submitted:
+        return await submit(
+            r, tenant, body, via="jobs", job_id=job_id, on_enqueue=on_enqueue, wake=False
         )
-    except BaseException:
-        # Not enqueued (or, after a lost reply, maybe enqueued and confirmed): drop the claim
-        # if it is still our pending one, so the key can be used again.
-        with contextlib.suppress(RedisError):
-            await store.release(key, Held(job_id, body_hash, pending=True))
-        raise
+
+    job = await submit_once(r, tenant, idempotency_key, body.model_dump(mode="json"), start)
+    if isinstance(job, Earlier):
+        return JSONBody(
+            _created(job.id, job.status, job.created_at),
+            status_code=200,
+            headers={"Location": f"/v1/jobs/{job.id}"},
+        )
     return _accepted(r, job)
 
 
@@ -178,13 +134,16 @@ async def get_job(job_id: str, r: RelayDep, tenant: TenantDep) -> JSONBody:
 )
 async def cancel_job(job_id: str, r: RelayDep, tenant: TenantDep) -> JSONBody:
     """Cancel a queued or running job; its stream ends with ``end`` ``cancelled``."""
-    fields, text = await load_job(r, job_id, tenant)
-    if fields["status"] in TERMINAL_STATUSES:
+    return await cancelled(r, job_id, tenant, via="jobs")
+
+
+async def cancelled(r: Relay, ref: str, tenant: str, *, via: str) -> JSONBody:
+    """Cancel job ``ref`` of ``tenant`` (``request_cancel``) and answer the job: 202, or 200
+    when it had already ended. Raises ``JobNotFound`` (404) as ``load_job`` does."""
+    fields, text = await load_job(r, ref, tenant)
+    if not await request_cancel(r, fields["id"], fields["status"], via=via):
         return JSONBody(_job_body(fields, text), status_code=200)
-    if not await r.jobs.cancel(job_id, now_rfc3339()):
-        await r.control.signal_cancel(job_id)  # a worker has it
-    log.info("job_cancel_requested", job_id=job_id)
-    fields, text = await load_job(r, job_id, tenant)
+    fields, text = await load_job(r, ref, tenant)
     return JSONBody(_job_body(fields, text), status_code=202)
 
 

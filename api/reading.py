@@ -15,8 +15,16 @@ from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID, EventId
 
 JOB_ID = re.compile(r"^job_[A-Za-z0-9_-]{22}$")
 ID_PREFIXES = ("chatcmpl-", "cmpl-")
-RESPONSE_PREFIX = "resp_"  # a Responses API id: ``resp_X`` is job ``job_X``
+"""OpenAI ids made from a job id by a prefix: ``chatcmpl-job_X``, ``cmpl-job_X``."""
+JOB_PREFIX = "job_"
+RESPONSE_PREFIX = "resp_"
+"""A Responses API id replaces the job id's prefix: ``resp_X`` is job ``job_X``."""
 REPLAY_PAGE = 1000
+
+
+def response_id(job_id: str) -> str:
+    """The Responses API id of job ``job_id``."""
+    return RESPONSE_PREFIX + job_id.removeprefix(JOB_PREFIX)
 
 
 def _job_id(ref: str) -> str:
@@ -24,7 +32,7 @@ def _job_id(ref: str) -> str:
     for prefix in ID_PREFIXES:
         job_id = job_id.removeprefix(prefix)
     if job_id.startswith(RESPONSE_PREFIX):
-        job_id = "job_" + job_id.removeprefix(RESPONSE_PREFIX)
+        job_id = JOB_PREFIX + job_id.removeprefix(RESPONSE_PREFIX)
     if not JOB_ID.match(job_id):
         raise JobNotFound(ref)
     return job_id
@@ -113,6 +121,19 @@ async def follow(r: Relay, job_id: str, after: EventId) -> AsyncGenerator[list[B
                 yield batches
                 if batches[-1].events[-1].type == "end":
                     return
+
+
+async def stored_events(r: Relay, job_id: str) -> list[StoredEvent]:
+    """All of the job's events stored so far, oldest first (a page of ``REPLAY_PAGE`` at a
+    time), for routes that render a job's state from them."""
+    events: list[StoredEvent] = []
+    last = ZERO_ID
+    while page := await r.events.read(job_id, last, count=REPLAY_PAGE):
+        events += page
+        if len(page) < REPLAY_PAGE:
+            break
+        last = EventId.parse(page[-1].id)
+    return events
 
 
 def events_of(batches: list[Batch]) -> Iterator[StoredEvent]:

@@ -49,6 +49,7 @@ class Scenario:
     prompt_tokens: int = 7
     delay_s: float = 0.0
     first_delay_s: float = 0.0
+    tail_delay_s: float = 0.0  # a pause after the tool calls, before the end
     http_status: int = 200
     error_after: int | None = None
     drop_after: int | None = None
@@ -86,6 +87,15 @@ SCENARIOS: dict[str, Scenario] = {
             ToolCall("call_2", "get_time", '{"timezone": "Europe/Berlin", "format": "24h"}'),
         ],
         finish_reason="tool_calls",
+    ),
+    "tools_slow": Scenario(  # `tools`, silent for a while mid-call: to drop mid-tool-call
+        pieces=["Let me check ", "the weather."],
+        tool_calls=[
+            ToolCall("call_1", "get_weather", '{"location": "Berlin", "unit": "celsius"}'),
+            ToolCall("call_2", "get_time", '{"timezone": "Europe/Berlin", "format": "24h"}'),
+        ],
+        finish_reason="tool_calls",
+        tail_delay_s=2.0,
     ),
     "slow": Scenario(pieces=[f"s{i} " for i in range(50)], delay_s=0.05),
     "stall": Scenario(pieces=HELLO, first_delay_s=60.0),
@@ -644,4 +654,5 @@ class UpstreamServer:
             await call.emit(encoder.error(), last=True)
             return
         await call.emit(encoder.tools())
+        await call.pause(sc.tail_delay_s)
         await call.emit(encoder.tail(), last=True)

@@ -65,10 +65,11 @@ def idempotency_key(scope: str, key_digest: str) -> str:
     return f"{KEY_PREFIX}:idem:{scope}:{key_digest}"
 
 
-def chat_key(chat_id_digest: str) -> str:
-    """On the queue Redis: an AI SDK chat's current generation, ``<tenant> <job id>``
+def chat_key(chat_digest: str) -> str:
+    """On the queue Redis: an AI SDK chat's current generation (by a digest of the tenant and
+    the chat id), ``<tenant> <job id>``
     (``api.compat.aisdk``); set in the MULTI/EXEC that enqueues the job."""
-    return f"{KEY_PREFIX}:chat:{chat_id_digest}"
+    return f"{KEY_PREFIX}:chat:{chat_digest}"
 
 
 # --- the queue Redis ---------------------------------------------------------------------------

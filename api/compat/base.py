@@ -16,6 +16,12 @@ COMPAT_FIELD = "compat"
 """Job record field with what a drop-in request asked for (the model as named, options of the
 response format), so a later follower renders the job the same way. The worker ignores it."""
 
+SSE_KEEPALIVE = b": keep-alive\n"
+"""The keep-alive of every drop-in SSE stream: a comment line alone, without the blank line
+that would end an event: once an ``id:`` has been seen, the ``openai`` Python client dispatches
+an event at every blank line, even one with no data, and fails to parse its empty data as
+JSON. Other SSE parsers (the AI SDK's) pass a comment line over either way."""
+
 ModelName = Annotated[
     str,
     Field(min_length=1, max_length=512, description="`upstream/model`, or a default upstream's"),

@@ -14,14 +14,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from api import reading
+from api.cancellation import request_cancel
 from api.compat.base import COMPAT_FIELD, DropInRequest, Renderer
 from api.errors import ApiError
 from api.schemas import ErrorBody, JobRequest
 from api.state import Relay
-from api.submission import submit
+from api.submission import Earlier, OnEnqueue, both, submit, submit_once
 from tokenrelay.errors import clipped, quoted
 from tokenrelay.settings import Settings
-from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID, EventId, JobRecord, now_rfc3339
+from tokenrelay.wire import ZERO_ID, EventId, JobRecord
 
 log = structlog.get_logger("tokenrelay.api")
 
@@ -61,6 +62,7 @@ def submit_responses(
         media_types,
         {
             400: "malformed request",
+            409: "Idempotency-Key reused with another body, or still in use (retry)",
             413: "request body or prompt too large",
             422: "invalid request, unknown upstream, or a job the upstream refused",
             429: f"this key's rate limit, or the upstream's ({waiting})",
@@ -158,6 +160,36 @@ async def submit_drop_in(
     )
 
 
+async def submit_drop_in_once(
+    r: Relay,
+    tenant: str,
+    body: DropInRequest,
+    *,
+    via: str,
+    idempotency_key: str | None,
+    request_json: Any = None,
+    on_enqueue: Callable[[str], OnEnqueue] | None = None,
+) -> tuple[JobRecord, bool]:
+    """``submit_drop_in`` at most once per ``Idempotency-Key`` and request, as ``POST /v1/jobs``
+    (``submission.submit_once``): the record of the job, and whether an earlier request with
+    the same key and body submitted it (then nothing is submitted; the record is read now).
+    ``request_json`` is what the key is bound to (default: ``body`` as JSON), with the route
+    (``via``); ``on_enqueue(job_id)`` adds commands to the enqueue's MULTI/EXEC."""
+
+    async def start(job_id: str, confirm: OnEnqueue | None) -> JobRecord:
+        mine = None if on_enqueue is None else on_enqueue(job_id)
+        return await submit_drop_in(
+            r, tenant, body, via=via, job_id=job_id, on_enqueue=both(mine, confirm)
+        )
+
+    raw = body.model_dump(mode="json") if request_json is None else request_json
+    got = await submit_once(r, tenant, idempotency_key, {"route": via, "request": raw}, start)
+    if isinstance(got, Earlier):
+        record, _ = await load_record(r, got.id, tenant)
+        return record, True
+    return got, False
+
+
 async def load_record(r: Relay, ref: str, tenant: str) -> tuple[JobRecord, str]:
     """The record and text of job ``ref`` (as ``reading.load_job``: a job id, or an OpenAI id
     made from one). Raises ``JobNotFound`` (404) when unknown, expired or another key's."""
@@ -230,15 +262,11 @@ async def wait_for_end(r: Relay, job_id: str, request: Request) -> None:
                 return
 
 
-async def cancel(r: Relay, record: JobRecord, request: Request, *, wait_s: float) -> bool:
-    """Cancel the job of ``record`` as ``POST /v1/jobs/{id}/cancel`` does (a queued one ends at
-    once, a running one's worker closes its upstream), then wait up to ``wait_s`` for its
-    end. False if it had already ended."""
-    if record.status in TERMINAL_STATUSES:
+async def cancel(r: Relay, record: JobRecord, request: Request, *, wait_s: float, via: str) -> bool:
+    """Cancel the job of ``record`` (``cancellation.request_cancel``), then wait up to
+    ``wait_s`` for its end. False if it had already ended."""
+    if not await request_cancel(r, record.id, record.status, via=via):
         return False
-    if not await r.jobs.cancel(record.id, now_rfc3339()):
-        await r.control.signal_cancel(record.id)  # a worker has it
-    log.info("job_cancel_requested", job_id=record.id)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(wait_s):
             await wait_for_end(r, record.id, request)

@@ -26,7 +26,7 @@ from tests.upstream_server import HELLO, Scenario, UpstreamServer
 
 JS_DIR = ROOT / "tests" / "js" / "aisdk"
 NODE_TIMEOUT_S = 300
-NODE_TESTS = 16  # 8 for each version of `ai`
+NODE_TESTS = 20  # 10 for each version of `ai`
 CHAT = "/v1/ai-sdk/chat"
 PAGE = "http://page.example:5173"
 RATE_LIMIT = 2
@@ -240,6 +240,9 @@ def keyed(
 
 
 async def test_a_chat_is_its_keys(keyed: RelaySystem) -> None:
+    """Chats are per API key: another key's chat of the same id is another chat. It cannot
+    follow nor stop the first key's generation (204: nothing of its own runs; cancel 404), and
+    its own generation under that id leaves the first key's alone."""
     a = {"Authorization": "Bearer key-a"}
     b = {"Authorization": "Bearer key-b"}
     chat_id = f"team/{uuid.uuid4()} ü"  # any id the app makes: the SDK encodes it in the URL
@@ -249,22 +252,28 @@ async def test_a_chat_is_its_keys(keyed: RelaySystem) -> None:
         async with http.stream("POST", CHAT, json=sent, headers=a) as response:
             assert response.status_code == 200
             job_id = response.headers["x-tokenrelay-job"]
-        for method, path, payload in [
-            ("GET", f"{chat}/stream", None),
-            ("POST", f"{chat}/cancel", None),
-            ("POST", CHAT, sent),
-        ]:
-            other = await http.request(method, path, json=payload, headers=b)
-            assert other.status_code == 404, (method, path, other.text)
-            assert other.json()["error"]["type"] == "not_found_error"
+        followed_by_b = await http.get(f"{chat}/stream", headers=b)
+        assert followed_by_b.status_code == 204, followed_by_b.text
+        assert "x-tokenrelay-job" not in followed_by_b.headers
+        cancelled_by_b = await http.post(f"{chat}/cancel", headers=b)
+        assert cancelled_by_b.status_code == 404, cancelled_by_b.text
+        assert cancelled_by_b.json()["error"]["type"] == "not_found_error"
+        assert (await http.get(f"/v1/jobs/{job_id}", headers=a)).json()["status"] == "queued"
+        async with http.stream("POST", CHAT, json=sent, headers=b) as response:
+            assert response.status_code == 200  # key-b's own chat of that id
+            b_job = response.headers["x-tokenrelay-job"]
+        assert b_job != job_id
         assert (await http.get(f"{chat}/stream")).status_code == 401
-        async with http.stream("GET", f"{chat}/stream", headers=a) as followed:
-            assert followed.status_code == 200  # queued: running from the chat's view
-            assert followed.headers["x-tokenrelay-job"] == job_id
+        for key, expected in ((a, job_id), (b, b_job)):
+            async with http.stream("GET", f"{chat}/stream", headers=key) as followed:
+                assert followed.status_code == 200  # queued: running from the chat's view
+                assert followed.headers["x-tokenrelay-job"] == expected
         cancelled = await http.post(f"{chat}/cancel", headers=a)
         assert cancelled.status_code == 202
+        assert cancelled.json()["id"] == job_id
         assert cancelled.json()["status"] == "cancelled"
         assert (await http.get(f"{chat}/stream", headers=a)).status_code == 204
+        assert (await http.get(f"/v1/jobs/{b_job}", headers=b)).json()["status"] == "queued"
 
 
 async def test_the_rate_limit_is_a_json_error_with_retry_after(keyed: RelaySystem) -> None:
@@ -360,3 +369,78 @@ def test_the_ai_sdk_in_node(system: RelaySystem, upstream: UpstreamServer) -> No
             ("call_1", {"result": "call_1 done"}),
             ("call_2", {"result": "call_2 done"}),
         ]
+
+
+CONTINUED = {
+    "id": "asst-continued-1",
+    "role": "assistant",
+    "parts": [
+        {"type": "step-start"},
+        {"type": "text", "text": "Let me check the weather."},
+        {
+            "type": "tool-get_weather",
+            "toolCallId": "call_1",
+            "state": "output-available",
+            "input": {"location": "Berlin"},
+            "output": {"celsius": 21},
+        },
+    ],
+}
+"""An assistant message whose tool ran on the client: the next request continues it."""
+
+PRIOR_CHUNKS = [
+    {"type": "start-step"},
+    {"type": "text-start", "id": "prior_1"},
+    {"type": "text-delta", "id": "prior_1", "delta": "Let me check the weather."},
+    {"type": "text-end", "id": "prior_1"},
+    {"type": "tool-input-start", "toolCallId": "call_1", "toolName": "get_weather"},
+    {"type": "tool-input-delta", "toolCallId": "call_1", "inputTextDelta": '{"location":"Berlin"}'},
+    {"type": "tool-output-available", "toolCallId": "call_1", "output": {"celsius": 21}},
+    {"type": "finish-step"},
+]
+"""The continued message's earlier parts as a resume replays them: no ``tool-input-available``
+(on which a client would run the tool again)."""
+
+
+async def test_a_continued_message_keeps_its_id_and_a_resume_replays_all_of_it(
+    http: httpx.AsyncClient,
+) -> None:
+    """The last UI message is the assistant's, its tool output filled in: the answer continues
+    that message (``start`` names its id) with the new parts only; a resume (which the client
+    starts afresh) gets the whole message: its earlier parts, then the new ones."""
+    sent = body("openai/slow", "weather in Berlin?")
+    sent["messages"].append(CONTINUED)
+    async with http.stream("POST", CHAT, json=sent) as response:
+        assert response.status_code == 200
+        seen = b""
+        async with asyncio.timeout(30):
+            async for piece in response.aiter_bytes():
+                seen += piece
+                if seen.count(b'"text-delta"') >= 3:
+                    break
+    first = parts(seen[: seen.rindex(b"\n\n") + 2])
+    assert first[:3] == [
+        {"type": "start", "messageId": "asst-continued-1"},
+        {"type": "start-step"},
+        {"type": "text-start", "id": "text_0"},
+    ]
+    async with asyncio.timeout(30):
+        resumed = await http.get(f"{CHAT}/{sent['id']}/stream")
+    assert resumed.status_code == 200
+    whole = parts(resumed.content)
+    assert whole[0] == {"type": "start", "messageId": "asst-continued-1"}
+    assert whole[1 : 1 + len(PRIOR_CHUNKS)] == PRIOR_CHUNKS
+    new = whole[1 + len(PRIOR_CHUNKS) :]
+    assert new[: len(first) - 1] == first[1:]
+    text = "".join(p["delta"] for p in new if p != "[DONE]" and p["type"] == "text-delta")
+    assert text == "".join(f"s{i} " for i in range(50))
+    assert not [p for p in whole if p != "[DONE]" and p["type"] == "tool-input-available"]
+    assert whole[-2:] == [{"type": "finish", "finishReason": "stop"}, "[DONE]"]
+
+
+async def test_a_regenerated_answer_is_a_new_message(http: httpx.AsyncClient) -> None:
+    sent = {**body("openai/hello", "hi"), "trigger": "regenerate-message"}
+    sent["messages"].append(CONTINUED)
+    response = await http.post(CHAT, json=sent)
+    job_id = response.headers["x-tokenrelay-job"]
+    assert parts(response.content)[0] == {"type": "start", "messageId": f"msg_{job_id}"}

@@ -525,3 +525,70 @@ def test_a_response_is_its_keys_alone(keyed_system: RelaySystem) -> None:
             unkeyed.responses.retrieve(queued.id)
         with pytest.raises(openai.AuthenticationError):
             unkeyed.responses.create(model="openai/hello", input="hi")
+
+
+# --- one renderer: the live stream, a replay and retrieve agree -------------------------------
+
+
+def sse_frames(raw: bytes) -> list[tuple[int, dict[str, Any]]]:
+    """``(id, data)`` of each SSE frame of a whole body."""
+    out = []
+    for block in raw.decode().split("\n\n"):
+        if block.strip():
+            fields = dict(line.split(": ", 1) for line in block.split("\n"))
+            out.append((int(fields["id"]), json.loads(fields["data"])))
+    return out
+
+
+@pytest.mark.timeout(60)
+async def test_live_stream_full_replay_and_retrieve_agree(
+    http: httpx.AsyncClient, upstream: UpstreamServer
+) -> None:
+    """A response with text and tool calls: its live stream, a replay from the start and the
+    retrieved Response's output are one rendering; the ``id:`` lines are the sequence numbers,
+    and ``Last-Event-ID`` resumes after one."""
+    created = {"model": "openai/tools", "input": "weather?", "tools": TOOLS, "stream": True}
+    async with asyncio.timeout(30):
+        live_raw = (await http.post("/v1/responses", json=created)).content
+    live = sse_frames(live_raw)
+    assert [n for n, _ in live] == [e["sequence_number"] for _, e in live] == list(range(len(live)))
+    rid = live[0][1]["response"]["id"]
+    completed = live[-1][1]
+    assert completed["type"] == "response.completed"
+    async with asyncio.timeout(30):
+        replay = await http.get(f"/v1/responses/{rid}", params={"stream": "true"})
+    assert replay.content == live_raw
+    retrieved = (await http.get(f"/v1/responses/{rid}")).json()
+    assert retrieved["output"] == completed["response"]["output"]
+    assert [item["type"] for item in retrieved["output"]] == [
+        "message",
+        "function_call",
+        "function_call",
+    ]
+    for after in (0, 4, len(live) - 2):
+        async with asyncio.timeout(30):
+            resumed = await http.get(
+                f"/v1/responses/{rid}",
+                params={"stream": "true"},
+                headers={"Last-Event-ID": str(after)},
+            )
+        assert sse_frames(resumed.content) == live[after + 1 :]
+
+
+@pytest.mark.timeout(60)
+async def test_a_running_response_retrieved_has_its_output_so_far(
+    http: httpx.AsyncClient, upstream: UpstreamServer
+) -> None:
+    expected = slow(upstream, "sofar", n=40)
+    created = {"model": "openai/sofar", "input": "x", "background": True}
+    rid = (await http.post("/v1/responses", json=created)).json()["id"]
+    async with asyncio.timeout(20):
+        while True:
+            now = (await http.get(f"/v1/responses/{rid}")).json()
+            if now["output"] and now["output"][0]["content"]:
+                break
+            await asyncio.sleep(0.05)
+    assert now["status"] == "in_progress"
+    (item,) = now["output"]
+    assert item["status"] == "in_progress"
+    assert expected.startswith(item["content"][0]["text"])

@@ -168,3 +168,70 @@ def test_an_error_and_a_cancel() -> None:
     ]
     gone = UIMessageRenderer(JOB)
     assert gone.close() == b"data: [DONE]\n\n"
+
+
+def test_a_continued_messages_earlier_parts_replayed_run_no_tool_again() -> None:
+    """A resume of a continued message: its earlier parts as chunks after ``start`` (under its
+    id), before the new step. A tool call with an outcome goes from its input to its outcome
+    with no ``tool-input-available`` (on which a client would run the tool)."""
+    prior = [
+        {"type": "step-start"},
+        {"type": "reasoning", "text": "hmm"},
+        text("Looking."),
+        {
+            "type": "dynamic-tool",
+            "toolName": "fetch",
+            "toolCallId": "c1",
+            "state": "output-error",
+            "input": {"u": 1},
+            "errorText": "timed out",
+        },
+        {"type": "tool-deny", "toolCallId": "c2", "state": "output-denied", "input": {}},
+        {"type": "data-weather", "id": "d1", "data": {"t": 1}},
+        {"type": "source-url", "sourceId": "s1", "url": "https://example.com"},
+        {"type": "step-start"},
+        {"type": "tool-ask", "toolCallId": "c3", "state": "input-available", "input": {"q": 2}},
+        {"type": "unknown-kind"},
+        {"type": "text"},  # malformed: left out
+    ]
+    renderer = UIMessageRenderer(JOB, "asst-1", prior)
+    got = [
+        json.loads(line.removeprefix("data: "))
+        for line in renderer.render(EVENTS[:2]).decode().split("\n\n")
+        if line.startswith("data: {")
+    ]
+    replayed = [
+        {"type": "start", "messageId": "asst-1"},
+        {"type": "start-step"},
+        {"type": "reasoning-start", "id": "prior_1"},
+        {"type": "reasoning-delta", "id": "prior_1", "delta": "hmm"},
+        {"type": "reasoning-end", "id": "prior_1"},
+        {"type": "text-start", "id": "prior_2"},
+        {"type": "text-delta", "id": "prior_2", "delta": "Looking."},
+        {"type": "text-end", "id": "prior_2"},
+        {"type": "tool-input-start", "toolCallId": "c1", "toolName": "fetch", "dynamic": True},
+        {"type": "tool-input-delta", "toolCallId": "c1", "inputTextDelta": '{"u":1}'},
+        {"type": "tool-output-error", "toolCallId": "c1", "errorText": "timed out"},
+        {"type": "tool-input-start", "toolCallId": "c2", "toolName": "deny"},
+        {"type": "tool-input-delta", "toolCallId": "c2", "inputTextDelta": "{}"},
+        {
+            "type": "tool-output-error",
+            "toolCallId": "c2",
+            "errorText": "the tool call was not carried out",
+        },
+        {"type": "data-weather", "data": {"t": 1}, "id": "d1"},
+        {"type": "source-url", "sourceId": "s1", "url": "https://example.com"},
+        {"type": "finish-step"},
+        {"type": "start-step"},
+        {"type": "tool-input-start", "toolCallId": "c3", "toolName": "ask"},
+        {"type": "tool-input-delta", "toolCallId": "c3", "inputTextDelta": '{"q":2}'},
+        {"type": "tool-input-available", "toolCallId": "c3", "toolName": "ask", "input": {"q": 2}},
+        {"type": "finish-step"},
+        {"type": "start-step"},
+    ]
+    assert got[: len(replayed)] == replayed
+    # The POST that continues it sends the new parts only, under the message's id.
+    fresh = UIMessageRenderer(JOB, "asst-1").render(EVENTS[:1]).decode()
+    assert fresh.startswith(
+        'data: {"type":"start","messageId":"asst-1"}\n\ndata: {"type":"start-step"}'
+    )

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from api.compat.base import COMPAT_FIELD
+from api.compat.base import COMPAT_FIELD, SSE_KEEPALIVE
 from api.compat.ollama.render import (
     LineRenderer,
     OllamaView,
@@ -21,7 +21,6 @@ from api.compat.ollama.render import (
 )
 from api.compat.openai.render import (
     DONE,
-    KEEPALIVE,
     ChunkRenderer,
     OpenAIView,
     completion_body,
@@ -123,7 +122,7 @@ def test_openai_text_deltas_then_finish_and_usage() -> None:
         + DONE
     )
     assert renderer.close() == b""
-    assert renderer.keepalive() == KEEPALIVE == b": keep-alive\n"
+    assert renderer.keepalive() == SSE_KEEPALIVE == b": keep-alive\n"
 
 
 def test_openai_without_include_usage_has_no_usage_fields() -> None:

@@ -6,6 +6,7 @@ checked against the official client's types, strictly (as ``_strict_response_val
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import orjson
@@ -14,7 +15,8 @@ from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from api.compat.base import COMPAT_FIELD
-from api.compat.responses.render import EventRenderer, ResponsesView, response_of
+from api.compat.responses.render import EventRenderer, response_of
+from api.compat.responses.response import ResponsesView
 from api.compat.responses.schemas import conversation, input_items
 from tokenrelay.store.events import StoredEvent
 from tokenrelay.wire import JobError, JobRecord, ToolCall, Usage
@@ -145,13 +147,13 @@ def test_tool_calls_become_function_call_items_after_the_message() -> None:
         ("call_a", "weather", "fc_AAAAAAAAAAAAAAAAAAAAAA_1"),
         ("call_AAAAAAAAAAAAAAAAAAAAAA_1", "time", "fc_AAAAAAAAAAAAAAAAAAAAAA_2"),
     ]
-    # The Response of the record says the same (the call without an id gets the same one).
+    # The Response retrieved says the same (the call without an id gets the same one).
     calls = (ToolCall("call_a", "weather", '{"location": "Berlin"}'), ToolCall(None, "time", "{}"))
     rec = JobRecord(
         JOB, "succeeded", "up", "m", "t", "2026-01-01T00:00:00.000Z", finish_reason="tool_calls",
         usage=Usage(3, 4, 7), tool_calls=calls,
     )  # fmt: skip
-    body = response_of(view(), rec, "Let me check.")
+    body = response_of(view(), rec, TOOLS)
     assert Response.model_validate(body).output == final.output
 
 
@@ -197,13 +199,15 @@ def test_a_retry_start_and_a_cancel_before_start() -> None:
 
 def test_response_of_a_running_and_a_failed_job() -> None:
     running = JobRecord(JOB, "running", "up", "m", "t", "2026-01-01T00:00:00.000Z")
-    body = Response.model_validate(response_of(view(), running, "so far"))
+    so_far = [start("1-0"), delta("2-0", 0, "so "), delta("3-0", 1, "far")]
+    body = Response.model_validate(response_of(view(), running, so_far))
     assert body.status == "in_progress" and body.output_text == "so far" and body.usage is None
+    assert body.output[0].status == "in_progress"  # type: ignore[union-attr]
     failed = JobRecord(
         JOB, "failed", "up", "m", "t", "2026-01-01T00:00:00.000Z",
         error=JobError("worker_lost", "the worker stopped", retryable=True),
     )  # fmt: skip
-    body = Response.model_validate(response_of(view(), failed, ""))
+    body = Response.model_validate(response_of(view(), failed, [start("1-0"), end("2-0", "error")]))
     assert body.status == "failed" and body.output == []
     assert body.error is not None and body.error.message == "worker_lost: the worker stopped"
 
@@ -229,3 +233,55 @@ def test_conversation_and_input_items_of_a_record() -> None:
     assert len({i["id"] for i in items}) == 3
     history = conversation(ResponsesView.of(rec), rec, "Done.")
     assert history == [*messages[1:], {"role": "assistant", "content": "Done."}]
+
+
+# A call, then text, then another call: the stream's order, which a Response built from the
+# record (its text, then its calls) did not keep.
+INTERLEAVED = [
+    start("1-0"),
+    call("2-0", 0, '{"q": 1}', id="call_a", name="search"),
+    delta("3-0", 0, "Found "),
+    delta("4-0", 1, "it."),
+    call("5-0", 1, "{}", id="call_b", name="open"),
+    USAGE,
+    end("10-0", "tool_calls"),
+]
+
+
+@pytest.mark.parametrize("stored", [TOOLS, INTERLEAVED], ids=["text-first", "interleaved"])
+def test_a_retrieved_response_has_the_streams_output(stored: list[StoredEvent]) -> None:
+    """Retrieve renders the stored events as the stream does: while running, each item with
+    its content so far, in the stream's order; once ended, the terminal event's output."""
+    events = frames(render(stored))
+    final = events[-1]["response"]
+    rec = JobRecord(
+        JOB, "succeeded", "up", "m", "t", "2026-01-01T00:00:00.000Z", finish_reason="tool_calls",
+        usage=Usage(3, 4, 7),
+    )  # fmt: skip
+    body = response_of(view(), rec, stored)
+    assert body["output"] == final["output"]
+    Response.model_validate(body)
+    running = JobRecord(JOB, "running", "up", "m", "t", "2026-01-01T00:00:00.000Z")
+    partial = response_of(view(), running, stored[:-2])
+    Response.model_validate(partial)
+    assert [item["id"] for item in partial["output"]] == [item["id"] for item in final["output"]]
+    assert [item.get("arguments") for item in partial["output"]] == [
+        item.get("arguments") for item in final["output"]
+    ]
+
+
+def test_null_fields_are_ones_the_client_allows_null() -> None:
+    """A Response's fields sent as null are each nullable in the official client's model (the
+    rest it would refuse, strictly validated): checked for every status a Response has."""
+    nullable = {
+        name
+        for name, info in Response.model_fields.items()
+        if type(None) in typing.get_args(info.annotation)
+    }
+    rec = JobRecord(JOB, "running", "up", "m", "t", "2026-01-01T00:00:00.000Z")
+    for status in ("queued", "in_progress", "completed", "failed", "cancelled", "incomplete"):
+        body = view().response(status)
+        assert {k for k, v in body.items() if v is None} <= nullable, status
+    assert not [
+        k for k, v in response_of(view(), rec, []).items() if v is None and k not in nullable
+    ]

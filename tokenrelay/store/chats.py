@@ -1,4 +1,5 @@
-"""AI SDK chats' current generations, on the queue Redis: a chat id -> the job answering it now.
+"""AI SDK chats' current generations, on the queue Redis: a tenant's chat id -> the job
+answering it now. Chats are per tenant: two API keys using the same chat id have two chats.
 
 A pointer is set in the MULTI/EXEC that enqueues its job (``JobQueue.submit``'s
 ``on_enqueue``), so it never names a job that was not queued; it lasts as long as an unfinished
@@ -31,19 +32,22 @@ class Chats:
         self.redis = redis
 
     @staticmethod
-    def key(chat_id: str) -> str:
-        """The Redis key of a chat; the client's id is hashed, so any id makes a well-formed
-        key."""
-        return chat_key(hashlib.sha256(chat_id.encode()).hexdigest())
+    def key(tenant: str, chat_id: str) -> str:
+        """The Redis key of the tenant's chat: both hashed (length-prefixed, so no two pairs
+        meet), so any id makes a well-formed key."""
+        digest = hashlib.sha256(b"%d:%s%s" % (len(tenant), tenant.encode(), chat_id.encode()))
+        return chat_key(digest.hexdigest())
 
     def point(self, pipe: Any, chat_id: str, generation: Generation, ttl_s: int) -> None:
-        """Queue on ``pipe`` (the MULTI/EXEC that enqueues the job) the pointer from
-        ``chat_id`` to ``generation``, for ``ttl_s`` seconds."""
-        pipe.set(self.key(chat_id), f"{generation.tenant} {generation.job_id}", ex=ttl_s)
+        """Queue on ``pipe`` (the MULTI/EXEC that enqueues the job) the pointer from the
+        generation's tenant's ``chat_id`` to ``generation``, for ``ttl_s`` seconds."""
+        key = self.key(generation.tenant, chat_id)
+        pipe.set(key, f"{generation.tenant} {generation.job_id}", ex=ttl_s)
 
-    async def current(self, chat_id: str) -> Generation | None:
-        """The chat's latest generation, finished or not; None if it has none (or it lapsed)."""
-        raw = await self.redis.get(self.key(chat_id))
+    async def current(self, tenant: str, chat_id: str) -> Generation | None:
+        """The tenant's chat's latest generation, finished or not; None if it has none (or it
+        lapsed)."""
+        raw = await self.redis.get(self.key(tenant, chat_id))
         if raw is None:
             return None
         tenant, _, job_id = (raw.decode() if isinstance(raw, bytes) else raw).partition(" ")

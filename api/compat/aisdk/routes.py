@@ -10,21 +10,21 @@ client stays connected.
 from __future__ import annotations
 
 import functools
-import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import StreamingResponse
 
-from api.compat.aisdk.render import HEADERS, UIMessageRenderer
+from api.compat.aisdk.render import HEADERS, UIMessageRenderer, resumed
 from api.compat.aisdk.schemas import CHAT_ID_CHARS, ChatRequest
-from api.compat.jobs import JOB_HEADER, rendered, responses, submit_drop_in
-from api.deps import RelayDep, TenantDep
+from api.compat.base import COMPAT_FIELD
+from api.compat.jobs import JOB_HEADER, rendered, responses, submit_drop_in_once
+from api.deps import IdempotencyKey, RelayDep, TenantDep
 from api.encoding import SSE_MEDIA_TYPE, JSONBody
 from api.errors import ApiError
-from api.jobs import ERRORS, cancel_job
+from api.jobs import ERRORS, cancelled
 from api.state import Relay
-from api.submission import new_job_id
+from api.submission import OnEnqueue
 from tokenrelay.errors import quoted
 from tokenrelay.store.chats import Chats, Generation
 from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID
@@ -37,7 +37,7 @@ CREATED = responses(
     (SSE_MEDIA_TYPE,),
     {
         400: "malformed request",
-        404: "the chat is another API key's",
+        409: "Idempotency-Key reused with another body, or still in use (retry)",
         413: "request body or prompt too large",
         422: "invalid request, a malformed message part, or an unknown upstream",
         429: "this key's rate limit",
@@ -48,15 +48,15 @@ FOLLOWED: dict[int | str, dict[str, Any]] = {
     **responses(
         "the running answer as a UI message stream: replayed from its start, then live",
         (SSE_MEDIA_TYPE,),
-        {404: "the chat is another API key's"},
+        {},
     ),
-    204: {"description": "no generation of the chat is running"},
+    204: {"description": "no generation of this API key's chat of the id is running"},
 }
 CANCELLED: dict[int | str, dict[str, Any]] = {
     **{status: ERRORS[status] for status in (401, 503)},
     404: {
         "model": ERRORS[404]["model"],
-        "description": "the chat has no generation, or is another API key's",
+        "description": "this API key's chat of the id has no generation",
     },
     202: {"description": "the job, cancel requested"},
     200: {"description": "the job, which had already finished"},
@@ -65,20 +65,12 @@ CANCELLED: dict[int | str, dict[str, Any]] = {
 ChatId = Annotated[str, Path(min_length=1, max_length=CHAT_ID_CHARS, description="the chat id")]
 
 
-def _stream(r: Relay, job_id: str) -> StreamingResponse:
+def _stream(r: Relay, job_id: str, renderer: UIMessageRenderer) -> StreamingResponse:
     return StreamingResponse(
-        rendered(r, job_id, ZERO_ID, UIMessageRenderer(job_id)),
+        rendered(r, job_id, ZERO_ID, renderer),
         media_type=SSE_MEDIA_TYPE,
         headers={**HEADERS, JOB_HEADER: job_id},
     )
-
-
-async def _generation(r: Relay, chat_id: str, tenant: str) -> Generation | None:
-    """The chat's latest generation; ``ApiError`` 404 when it is another key's."""
-    generation = await Chats(r.queue).current(chat_id)
-    if generation is not None and not secrets.compare_digest(generation.tenant, tenant):
-        raise _no_chat(chat_id)
-    return generation
 
 
 def _no_chat(chat_id: str) -> ApiError:
@@ -86,41 +78,49 @@ def _no_chat(chat_id: str) -> ApiError:
 
 
 @router.post("/chat", responses=CREATED, response_class=StreamingResponse)
-async def chat(body: ChatRequest, r: RelayDep, tenant: TenantDep) -> StreamingResponse:
+async def chat(
+    body: ChatRequest, r: RelayDep, tenant: TenantDep, idempotency_key: IdempotencyKey = None
+) -> StreamingResponse:
     """Start the chat's next answer as a job (the chat's current generation from now on) and
-    stream it as the AI SDK's UI message stream. A chat belongs to the key that started it."""
-    await _generation(r, body.id, tenant)
-    job_id = new_job_id()
-    point = functools.partial(
-        Chats(r.queue).point,
-        chat_id=body.id,
-        generation=Generation(tenant, job_id),
-        ttl_s=r.settings.unfinished_ttl_s,
+    stream it as the AI SDK's UI message stream. Chats are per API key: another key's chat of
+    the same id is another chat. An ``Idempotency-Key`` as for ``POST /v1/jobs``: the same key
+    and body again follow the same answer, not a second one."""
+
+    def point(job_id: str) -> OnEnqueue:
+        return functools.partial(
+            Chats(r.queue).point,
+            chat_id=body.id,
+            generation=Generation(tenant, job_id),
+            ttl_s=r.settings.unfinished_ttl_s,
+        )
+
+    record, _ = await submit_drop_in_once(
+        r, tenant, body, via="ai-sdk.chat", idempotency_key=idempotency_key, on_enqueue=point
     )
-    record = await submit_drop_in(
-        r, tenant, body, via="ai-sdk.chat", job_id=job_id, on_enqueue=point
-    )
-    return _stream(r, record.id)
+    # The client appends to the message it continues: the new parts only, under its id.
+    continued = body.continued
+    message_id = None if continued is None else continued.id
+    return _stream(r, record.id, UIMessageRenderer(record.id, message_id))
 
 
 @router.get("/chat/{chat_id:path}/stream", responses=FOLLOWED, response_model=None)
 async def chat_stream(chat_id: ChatId, r: RelayDep, tenant: TenantDep) -> Response:
     """The chat's running answer (``reconnectToStream``): all of it so far with the same message
     id, then live to its end; 204 when none is running. Any number of clients may follow."""
-    generation = await _generation(r, chat_id, tenant)
-    if generation is None:
+    generation = await Chats(r.queue).current(tenant, chat_id)
+    if generation is None:  # none of this key's (another key's chat of the id is not its)
         return Response(status_code=204)
-    (status,) = await r.jobs.job_fields(generation.job_id, "status")
+    status, compat = await r.jobs.job_fields(generation.job_id, "status", COMPAT_FIELD)
     if status is None or status in TERMINAL_STATUSES:
         return Response(status_code=204, headers={JOB_HEADER: generation.job_id})
-    return _stream(r, generation.job_id)
+    return _stream(r, generation.job_id, resumed(generation.job_id, compat))
 
 
 @router.post("/chat/{chat_id:path}/cancel", responses=CANCELLED, response_model=None)
 async def chat_cancel(chat_id: ChatId, r: RelayDep, tenant: TenantDep) -> JSONBody:
     """Stop the chat's current generation on the server (what the client's ``stop()`` only
     does locally); answers the job as ``POST /v1/jobs/{id}/cancel`` does."""
-    generation = await _generation(r, chat_id, tenant)
+    generation = await Chats(r.queue).current(tenant, chat_id)
     if generation is None:
         raise _no_chat(chat_id)
-    return await cancel_job(generation.job_id, r, tenant)
+    return await cancelled(r, generation.job_id, tenant, via="ai-sdk")

@@ -78,8 +78,22 @@ class ChatRequest(DropInRequest):
         }
         return {"options": {k: v for k, v in options.items() if v is not None}}
 
+    @property
+    def continued(self) -> UIMessage | None:
+        """The assistant message this request continues (the last message, when it is the
+        assistant's with an id, e.g. with a tool's output filled in), else None."""
+        last = self.messages[-1]
+        if last.role != "assistant" or not last.id or self.trigger == "regenerate-message":
+            return None
+        return last
+
     def compat(self) -> dict[str, Any]:
-        return {"model": self.model, "chat": True}
+        """The model as named; for a continued message, its id and earlier parts, which a
+        resume replays before the new ones."""
+        info: dict[str, Any] = {"model": self.model, "chat": True}
+        if (message := self.continued) is not None:
+            info["message"] = {"id": message.id, "parts": message.parts}
+        return info
 
 
 def job_messages(messages: Sequence[UIMessage]) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from api.compat.jobs import (
     finished,
     split_model,
     streaming,
-    submit_drop_in,
+    submit_drop_in_once,
     submit_responses,
 )
 from api.compat.ollama.render import (
@@ -28,7 +28,7 @@ from api.compat.ollama.render import (
     tags_body,
 )
 from api.compat.ollama.schemas import ChatRequest, GenerateRequest, OllamaRequest
-from api.deps import RelayDep, TenantDep
+from api.deps import IdempotencyKey, RelayDep, TenantDep
 from api.encoding import NDJSON_MEDIA_TYPE, JSONBody
 from api.state import Relay
 from tokenrelay.wire import ZERO_ID
@@ -43,7 +43,13 @@ CREATED = submit_responses(
 
 
 async def _create(
-    r: Relay, tenant: str, request: Request, body: OllamaRequest, *, chat: bool
+    r: Relay,
+    tenant: str,
+    request: Request,
+    body: OllamaRequest,
+    idempotency_key: str | None,
+    *,
+    chat: bool,
 ) -> Response:
     view = OllamaView(body.model, chat)
     if body.empty:
@@ -52,7 +58,8 @@ async def _create(
         if body.streams:
             return Response(orjson.dumps(loaded) + b"\n", media_type=NDJSON_MEDIA_TYPE)
         return JSONBody(loaded)
-    record = await submit_drop_in(r, tenant, body, via="ollama.chat" if chat else "ollama.generate")
+    via = "ollama.chat" if chat else "ollama.generate"
+    record, _ = await submit_drop_in_once(r, tenant, body, via=via, idempotency_key=idempotency_key)
     if body.streams:
         return streaming(r, record.id, ZERO_ID, LineRenderer(view), NDJSON_MEDIA_TYPE)
     record, text = await finished(r, record.id, request)
@@ -60,18 +67,30 @@ async def _create(
 
 
 @router.post("/chat", responses=CREATED, response_model=None)
-async def chat(body: ChatRequest, request: Request, r: RelayDep, tenant: TenantDep) -> Response:
+async def chat(
+    body: ChatRequest,
+    request: Request,
+    r: RelayDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
     """Ollama's chat, as a job: NDJSON unless ``"stream": false``; the last object has
-    ``done: true``, ``done_reason``, counts and durations. ``X-Tokenrelay-Job`` names the job."""
-    return await _create(r, tenant, request, body, chat=True)
+    ``done: true``, ``done_reason``, counts and durations. ``X-Tokenrelay-Job`` names the job.
+    An ``Idempotency-Key`` as for ``POST /v1/jobs``: the same key and body again follow the
+    same job."""
+    return await _create(r, tenant, request, body, idempotency_key, chat=True)
 
 
 @router.post("/generate", responses=CREATED, response_model=None)
 async def generate(
-    body: GenerateRequest, request: Request, r: RelayDep, tenant: TenantDep
+    body: GenerateRequest,
+    request: Request,
+    r: RelayDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Ollama's generate (a prompt), as a job; see ``POST /api/chat``."""
-    return await _create(r, tenant, request, body, chat=False)
+    return await _create(r, tenant, request, body, idempotency_key, chat=False)
 
 
 @router.get("/tags", responses=LISTED, response_model=None)

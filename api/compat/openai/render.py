@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from api.compat.base import View, compat_info, requested_model, unix_seconds
+from api.compat.base import SSE_KEEPALIVE, View, compat_info, requested_model, unix_seconds
 from tokenrelay.store.events import StoredEvent
 from tokenrelay.wire import (
     TERMINAL_STATUSES,
@@ -43,10 +43,6 @@ says "cancelled". An ``error`` end has no finish chunk: an error chunk comes ins
 
 ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 DONE = b"data: [DONE]\n\n"
-KEEPALIVE = b": keep-alive\n"
-"""A comment line alone, without the blank line that would end an event: once an ``id:`` has
-been seen, the ``openai`` Python client dispatches an event at every blank line, even one with
-no data, and fails to parse its empty data as JSON."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +134,7 @@ class ChunkRenderer:
         self.done = False
 
     def keepalive(self) -> bytes:
-        return KEEPALIVE
+        return SSE_KEEPALIVE
 
     def render(self, events: Sequence[StoredEvent], record: JobRecord | None = None) -> bytes:
         out: list[bytes] = []

@@ -21,12 +21,12 @@ from api.compat.jobs import (
     load_record,
     responses,
     streaming,
-    submit_drop_in,
+    submit_drop_in_once,
     submit_responses,
 )
 from api.compat.openai.render import ChunkRenderer, OpenAIView, completion_body, models_body
 from api.compat.openai.schemas import ChatCompletionRequest, CompletionRequest, OpenAIRequest
-from api.deps import RelayDep, TenantDep
+from api.deps import IdempotencyKey, RelayDep, TenantDep
 from api.encoding import SSE_MEDIA_TYPE, JSONBody
 from api.reading import resume_point
 from api.state import Relay
@@ -61,35 +61,54 @@ UsageQuery = Annotated[
 
 
 async def _create(
-    r: Relay, tenant: str, request: Request, body: OpenAIRequest, *, chat: bool
+    r: Relay,
+    tenant: str,
+    request: Request,
+    body: OpenAIRequest,
+    idempotency_key: str | None,
+    *,
+    chat: bool,
 ) -> Response:
     via = "openai.chat" if chat else "openai.completions"
-    record = await submit_drop_in(r, tenant, body, via=via)
+    record, replayed = await submit_drop_in_once(
+        r, tenant, body, via=via, idempotency_key=idempotency_key
+    )
     view = OpenAIView.of(record, chat=chat)
     if body.stream:
         return streaming(r, record.id, ZERO_ID, ChunkRenderer(view), SSE_MEDIA_TYPE)
     text = ""
     if not body.background:  # else the answer is at once: the job as queued
         record, text = await finished(r, record.id, request)
+    elif replayed:  # the job as it is now
+        record, text = await load_record(r, record.id, tenant)
     return JSONBody(completion_body(view, record, text), headers={JOB_HEADER: record.id})
 
 
 @router.post("/chat/completions", responses=CREATED, response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, r: RelayDep, tenant: TenantDep
+    body: ChatCompletionRequest,
+    request: Request,
+    r: RelayDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """OpenAI's chat completions, as a job: SSE chunks with ``stream``, one
     ``chat.completion`` when it ends without, or at once (``status: queued``) with
-    ``background``. Every response has ``X-Tokenrelay-Job``."""
-    return await _create(r, tenant, request, body, chat=True)
+    ``background``. Every response has ``X-Tokenrelay-Job``. An ``Idempotency-Key`` as for
+    ``POST /v1/jobs``: the same key and body again follow the same job."""
+    return await _create(r, tenant, request, body, idempotency_key, chat=True)
 
 
 @router.post("/completions", responses=CREATED, response_model=None)
 async def create_completion(
-    body: CompletionRequest, request: Request, r: RelayDep, tenant: TenantDep
+    body: CompletionRequest,
+    request: Request,
+    r: RelayDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """OpenAI's (legacy) text completions, as a job; see ``POST /v1/chat/completions``."""
-    return await _create(r, tenant, request, body, chat=False)
+    return await _create(r, tenant, request, body, idempotency_key, chat=False)
 
 
 async def _retrieve(r: Relay, ref: str, tenant: str, *, chat: bool) -> JSONBody:

@@ -1,25 +1,32 @@
-"""OpenAI's Responses API format for a job: Response objects, and numbered stream events.
+"""OpenAI's Responses API stream of a job: numbered stream events, and the Response as the
+stream shows it.
 
 Pure: the job record and its stored events in, bytes and JSON objects out. A stream is always
 rendered from the job's first event, so each event's ``sequence_number`` is a function of the
 stored stream alone: the same on every replay, from every API process. ``starting_after=N``
 renders from the start and drops what is numbered N or less (a replay costs the whole stream;
-a job's events are few thousand at most). The SSE ``id:`` is the sequence number.
-
-Ids come from the job id: ``resp_X`` for ``job_X``, ``msg_X_<n>`` and ``fc_X_<n>`` for output
-item ``n``, and ``call_X_<i>`` for a tool call the upstream sent without an id.
+a job's events are few thousand at most). The SSE ``id:`` is the sequence number. A retrieved
+Response is rendered from the same events by the same renderer (``response_of``).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from api.compat.base import View, compat_info, parse_time, requested_model
-from api.compat.openai.render import KEEPALIVE
+from api.compat.base import SSE_KEEPALIVE
+from api.compat.responses.response import (
+    STATUS,
+    ResponsesView,
+    call_item,
+    item_status,
+    message_item,
+    text_part,
+)
 from tokenrelay.store.events import StoredEvent
 from tokenrelay.wire import (
     DeltaEvent,
@@ -34,171 +41,21 @@ from tokenrelay.wire import (
     decode,
 )
 
-RESPONSE_PREFIX = "resp_"
-JOB_PREFIX = "job_"
 
-STATUS = {
-    "queued": "queued",
-    "running": "in_progress",
-    "succeeded": "completed",
-    "failed": "failed",
-    "cancelled": "cancelled",
-}
-"""A job's status -> the Response's (``completed`` becomes ``incomplete`` at a token limit)."""
-
-
-def response_id(job_id: str) -> str:
-    return RESPONSE_PREFIX + job_id.removeprefix(JOB_PREFIX)
-
-
-@dataclass(frozen=True, slots=True)
-class ResponsesView(View):
-    """How one job is shown as a Response: what its request asked, echoed."""
-
-    job_id: str
-    created_at: float  # Unix seconds
-    echo: Mapping[str, Any] = field(default_factory=dict)
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, record: JobRecord) -> ResponsesView:
-        """The view of any job (one not made here: no instructions, no tools)."""
-        return cls(
-            model=requested_model(record),
-            chat=True,
-            job_id=record.id,
-            created_at=parse_time(record.created_at).timestamp(),
-            echo=compat_info(record),
-            metadata=record.metadata,
-        )
-
-    @property
-    def id(self) -> str:
-        return response_id(self.job_id)
-
-    @property
-    def suffix(self) -> str:
-        return self.job_id.removeprefix(JOB_PREFIX)
-
-    def item_id(self, kind: str, output_index: int) -> str:
-        return f"{kind}_{self.suffix}_{output_index}"
-
-    def call_id(self, call_id: str | None, tool_index: int) -> str:
-        return call_id or f"call_{self.suffix}_{tool_index}"
-
-    def response(
-        self,
-        status: str,
-        output: Sequence[Mapping[str, Any]] = (),
-        *,
-        usage: Usage | None = None,
-        error: JobError | None = None,
-    ) -> dict[str, Any]:
-        """The Response object in ``status`` (a Response status), with ``output`` items; a
-        finished one has ``usage`` (zeros when unknown)."""
-        echo = self.echo
-        finished = status not in ("queued", "in_progress")
-        return {
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": status,
-            "background": bool(echo.get("background")),
-            "error": None if error is None else error_body(error),
-            "incomplete_details": (
-                {"reason": "max_output_tokens"} if status == "incomplete" else None
-            ),
-            "instructions": echo.get("instructions"),
-            "max_output_tokens": echo.get("max_output_tokens"),
-            "metadata": {str(k): str(v) for k, v in self.metadata.items()},
-            "model": self.model,
-            "output": list(output),
-            "parallel_tool_calls": True,
-            "previous_response_id": echo.get("previous_response_id"),
-            "store": echo.get("store", True),
-            "temperature": echo.get("temperature"),
-            "text": {"format": {"type": "text"}},
-            "tool_choice": echo.get("tool_choice", "auto"),
-            "tools": list(echo.get("tools") or ()),
-            "top_p": echo.get("top_p"),
-            "truncation": "disabled",
-            "usage": usage_body(usage) if finished else None,
-            "job_id": self.job_id,
-            "events_url": f"/v1/jobs/{self.job_id}/events",
-        }
-
-
-def usage_body(usage: Usage | None) -> dict[str, Any]:
-    """OpenAI's Response usage (every field its client requires; no cache, no reasoning)."""
-    inp, out = (0, 0) if usage is None else (usage.prompt_tokens, usage.completion_tokens)
-    return {
-        "input_tokens": inp,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-        "output_tokens": out,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": inp + out if usage is None else usage.total_tokens,
-    }
-
-
-def error_body(error: JobError) -> dict[str, Any]:
-    """A job's error as a Response's: OpenAI's clients take only OpenAI's codes, so the code is
-    ``rate_limit_exceeded`` or ``server_error`` and tokenrelay's error type leads the message."""
-    code = "rate_limit_exceeded" if error.status == 429 else "server_error"
-    return {"code": code, "message": f"{error.type}: {error.message}"}
-
-
-def message_item(
-    view: ResponsesView, output_index: int, text: str | None, status: str
+def response_of(
+    view: ResponsesView, record: JobRecord, events: Sequence[StoredEvent]
 ) -> dict[str, Any]:
-    """An assistant message output item (``text`` None: no content part yet)."""
-    content = [] if text is None else [text_part(text)]
-    return {
-        "id": view.item_id("msg", output_index),
-        "type": "message",
-        "role": "assistant",
-        "status": status,
-        "content": content,
-    }
-
-
-def text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-
-def call_item(
-    view: ResponsesView,
-    output_index: int,
-    call_id: str,
-    name: str,
-    arguments: str,
-    status: str,
-) -> dict[str, Any]:
-    return {
-        "id": view.item_id("fc", output_index),
-        "type": "function_call",
-        "call_id": call_id,
-        "name": name,
-        "arguments": arguments,
-        "status": status,
-    }
-
-
-def response_of(view: ResponsesView, record: JobRecord, text: str) -> dict[str, Any]:
-    """The Response object of a job as it is now (``text``: everything so far): a message with
-    the text, then the tool calls (the order a stream shows them in)."""
+    """The Response object of a job as it is now, from its stored ``events`` (all of them so
+    far) through the stream's renderer: the output items in the stream's order, each with its
+    text or arguments so far; the status, usage and error of ``record``."""
+    renderer = EventRenderer(view, starting_after=sys.maxsize)
+    renderer.render(events)
     status = STATUS[record.status]
     if status == "completed" and record.finish_reason == "length":
         status = "incomplete"
-    item_status = {"in_progress": "in_progress", "completed": "completed"}.get(status, "incomplete")
-    output: list[dict[str, Any]] = []
-    if text:
-        output.append(message_item(view, 0, text, item_status))
-    for i, call in enumerate(record.tool_calls):
-        call_id = view.call_id(call.id, i)
-        output.append(
-            call_item(view, len(output), call_id, call.name or "", call.arguments, item_status)
-        )
-    return view.response(status, output, usage=record.usage, error=record.error)
+    return view.response(
+        status, renderer.output(status), usage=record.usage or renderer.usage, error=record.error
+    )
 
 
 def sse(event: Mapping[str, Any]) -> bytes:
@@ -215,14 +72,22 @@ class _Item:
 
     output_index: int
     kind: str  # "message" | "function_call"
-    parts: list[str] = field(default_factory=list)  # the text or arguments (joined once)
     call_id: str = ""
     name: str = ""
     done: bool = False
+    _text: str = ""  # the text or arguments: one string, grown by the pieces not yet in it
+    _pending: list[str] = field(default_factory=list)
+
+    def append(self, piece: str) -> None:
+        self._pending.append(piece)
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        """The whole text so far; each piece is joined into it once, however often asked."""
+        if self._pending:
+            self._text = "".join([self._text, *self._pending])
+            self._pending.clear()
+        return self._text
 
 
 class EventRenderer:
@@ -244,7 +109,7 @@ class EventRenderer:
         self.done = False
 
     def keepalive(self) -> bytes:
-        return KEEPALIVE
+        return SSE_KEEPALIVE
 
     def opening(self) -> bytes:
         """``response.created``: queued for a background response, else in progress."""
@@ -295,7 +160,7 @@ class EventRenderer:
             where.pop("logprobs")
             out.append(("response.output_item.added", self._item_event(item)))
             out.append(("response.content_part.added", {**where, "part": text_part("")}))
-        item.parts.append(delta)
+        item.append(delta)
         out.append(("response.output_text.delta", {**self._where(item), "delta": delta}))
         return out
 
@@ -312,7 +177,7 @@ class EventRenderer:
         elif event.name and not item.name:
             item.name = event.name
         if event.arguments:
-            item.parts.append(event.arguments)
+            item.append(event.arguments)
             where = {"item_id": self.view.item_id("fc", item.output_index)}
             out.append(
                 (
@@ -385,23 +250,31 @@ class EventRenderer:
             "logprobs": [],
         }
 
-    def _item(self, item: _Item, status: str) -> dict[str, Any]:
+    def _item(self, item: _Item, status: str, *, so_far: bool = False) -> dict[str, Any]:
+        """The output item: its content once done (or, ``so_far``, what it has now)."""
+        shown = item.done or so_far
         if item.kind == "message":
-            text = item.text if item.done else None
+            text = item.text if shown else None
             return message_item(self.view, item.output_index, text, status)
         return call_item(
-            self.view, item.output_index, item.call_id, item.name, item.text if item.done else "",
+            self.view, item.output_index, item.call_id, item.name, item.text if shown else "",
             status,
         )  # fmt: skip
+
+    def output(self, status: str) -> list[dict[str, Any]]:
+        """The output items as a Response in ``status`` shows them: what the stream's terminal
+        event has once it ended; while it runs, each item with its content so far."""
+        if status not in ("queued", "in_progress"):
+            return [self._item(item, item_status(status), so_far=True) for item in self.items]
+        return [
+            self._item(item, "completed" if item.done else "in_progress", so_far=True)
+            for item in self.items
+        ]
 
     def _item_event(self, item: _Item, status: str = "in_progress") -> dict[str, Any]:
         return {"output_index": item.output_index, "item": self._item(item, status)}
 
     def _snapshot(self, status: str, *, error: JobError | None = None) -> dict[str, Any]:
         final = status not in ("queued", "in_progress")
-        output = [self._item(item, item_status(status)) for item in self.items] if final else []
+        output = self.output(status) if final else []
         return self.view.response(status, output, usage=self.usage, error=error)
-
-
-def item_status(response_status: str) -> str:
-    return "completed" if response_status == "completed" else "incomplete"

@@ -24,19 +24,21 @@ from api.compat.jobs import (
     rendered,
     responses,
     split_model,
-    submit_drop_in,
+    submit_drop_in_once,
     submit_responses,
 )
-from api.compat.responses.render import EventRenderer, ResponsesView, response_of
+from api.compat.responses.render import EventRenderer, response_of
+from api.compat.responses.response import ResponsesView
 from api.compat.responses.schemas import ResponsesRequest, conversation, input_items
-from api.deps import RelayDep, TenantDep
+from api.deps import IdempotencyKey, RelayDep, TenantDep
 from api.encoding import SSE_MEDIA_TYPE, JSONBody
 from api.errors import ApiError
+from api.reading import stored_events
 from api.schemas import ErrorBody
 from api.state import Relay
 from tokenrelay.errors import JobNotFound, quoted
 from tokenrelay.settings import Settings
-from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID
+from tokenrelay.wire import TERMINAL_STATUSES, ZERO_ID, JobRecord
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
 
@@ -71,6 +73,12 @@ LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
 
 def _json(body: dict[str, Any], job_id: str) -> JSONBody:
     return JSONBody(body, headers={JOB_HEADER: job_id})
+
+
+async def _response(r: Relay, view: ResponsesView, record: JobRecord) -> JSONBody:
+    """The Response of ``record``'s job as it is now, rendered from its stored events as the
+    stream renders them (the record first: events read after it hold all it knows of)."""
+    return _json(response_of(view, record, await stored_events(r, record.id)), record.id)
 
 
 def _streaming(r: Relay, view: ResponsesView, starting_after: int) -> StreamingResponse:
@@ -116,11 +124,17 @@ async def _conversation(r: Relay, ref: str, tenant: str) -> list[dict[str, Any]]
 
 @router.post("/responses", responses=CREATED, response_model=None)
 async def create_response(
-    body: ResponsesRequest, request: Request, r: RelayDep, tenant: TenantDep
+    body: ResponsesRequest,
+    request: Request,
+    r: RelayDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """A Response, as a job: SSE events with ``stream`` (``background`` or not: the job runs on
     if the client drops); without, the Response when it ends, or at once (``queued``) with
-    ``background``. Every answer names the job in ``X-Tokenrelay-Job``."""
+    ``background``. Every answer names the job in ``X-Tokenrelay-Job``. An ``Idempotency-Key``
+    as for ``POST /v1/jobs``: the same key and body again answer the same response."""
+    sent = body.model_dump(mode="json")  # what the key is bound to: the request as sent
     if body.previous_response_id:
         body.continue_from(await _conversation(r, body.previous_response_id, tenant))
     if _takes_prompt(r.settings, body.model) and not body.prompt_only():
@@ -130,14 +144,20 @@ async def create_response(
             "string, without instructions, tools or previous_response_id",
             param="input",
         )
-    record = await submit_drop_in(r, tenant, body, via="responses")
+    record, replayed = await submit_drop_in_once(
+        r, tenant, body, via="responses", idempotency_key=idempotency_key, request_json=sent
+    )
     view = replace(ResponsesView.of(record), metadata=body.metadata or {})
     if body.stream:
         return _streaming(r, view, -1)
     if body.background:
-        return _json(view.response("queued"), record.id)
-    record, text = await finished(r, record.id, request)
-    return _json(response_of(view, record, text), record.id)
+        return (
+            await _response(r, view, record)
+            if replayed
+            else _json(view.response("queued"), record.id)
+        )
+    record, _ = await finished(r, record.id, request)
+    return await _response(r, view, record)
 
 
 @router.get("/responses/{response_id}", responses=FOUND, response_model=None)
@@ -151,10 +171,10 @@ async def retrieve_response(
 ) -> Response:
     """The Response as it is now; with ``stream``, its events from the start (or after
     ``starting_after``, or ``Last-Event-ID``: a sequence number), then live to its end."""
-    record, text = await load_record(r, response_id, tenant)
+    record, _ = await load_record(r, response_id, tenant)
     view = ResponsesView.of(record)
     if not stream:
-        return _json(response_of(view, record, text), record.id)
+        return await _response(r, view, record)
     if starting_after is None and last_event_id:
         if not last_event_id.isdigit():
             raise ApiError(
@@ -172,10 +192,10 @@ async def cancel_response(
 ) -> JSONBody:
     """Cancel a queued or running response (its upstream is closed within a second) and answer
     it cancelled; a response that has ended is answered as it is."""
-    record, text = await load_record(r, response_id, tenant)
-    if await cancel(r, record, request, wait_s=CANCEL_WAIT_S):
-        record, text = await load_record(r, response_id, tenant)
-    return _json(response_of(ResponsesView.of(record), record, text), record.id)
+    record, _ = await load_record(r, response_id, tenant)
+    if await cancel(r, record, request, wait_s=CANCEL_WAIT_S, via="responses"):
+        record, _ = await load_record(r, response_id, tenant)
+    return await _response(r, ResponsesView.of(record), record)
 
 
 @router.delete("/responses/{response_id}", responses=DELETED, response_model=None)

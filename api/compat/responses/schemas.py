@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from api.compat.base import DropInRequest
-from api.compat.responses.render import ResponsesView, message_item
+from api.compat.responses.response import ResponsesView, message_item
 from tokenrelay.wire import JobRecord
 
 

@@ -2,7 +2,19 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as ai from 'ai';
-import { API, ArrayState, chatId, job, transportSuite, until, within } from './suite.mjs';
+import {
+  API,
+  ArrayState,
+  chatId,
+  continuationSuite,
+  job,
+  reloadedMidToolCall,
+  textsOf,
+  toolStates,
+  transportSuite,
+  until,
+  within,
+} from './suite.mjs';
 
 transportSuite(ai, 'ai-current');
 
@@ -11,6 +23,8 @@ class Chat extends ai.AbstractChat {
     super({ ...init, state: new ArrayState(messages) });
   }
 }
+
+continuationSuite(ai, 'ai-current', Chat);
 
 const assistantText = m => m.parts.filter(p => p.type === 'text').map(p => p.text).join('');
 
@@ -40,4 +54,13 @@ test('ai-current: a Chat reloaded mid-answer resumes it: one answer, the whole t
   assert.equal(record.status, 'succeeded');
   assert.equal(assistantText(answer), record.text);
   assert.equal(answer.parts.filter(p => p.type === 'text').length, 1);
+});
+
+test('ai-current: a Chat reloaded mid-tool-call resumes the whole message once', async () => {
+  const answer = await reloadedMidToolCall(ai, 'midtool', Chat);
+  assert.deepEqual(textsOf(answer), ['Let me check the weather.']);
+  assert.deepEqual(toolStates(answer), [
+    ['call_1', 'input-available'],
+    ['call_2', 'input-available'],
+  ]);
 });

@@ -2,7 +2,19 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as ai from 'ai5';
-import { API, ArrayState, chatId, job, transportSuite, until, within } from './suite.mjs';
+import {
+  API,
+  ArrayState,
+  chatId,
+  continuationSuite,
+  job,
+  reloadedMidToolCall,
+  textsOf,
+  toolStates,
+  transportSuite,
+  until,
+  within,
+} from './suite.mjs';
 
 transportSuite(ai, 'ai5');
 
@@ -11,6 +23,8 @@ class Chat extends ai.AbstractChat {
     super({ ...init, state: new ArrayState(messages) });
   }
 }
+
+continuationSuite(ai, 'ai5', Chat);
 
 const assistantText = m => m.parts.filter(p => p.type === 'text').map(p => p.text).join('');
 
@@ -37,4 +51,19 @@ test('ai5: a Chat reloaded mid-answer resumes it from the saved question', async
   const record = await job(answer.id.replace(/^msg_/, ''));
   assert.equal(record.status, 'succeeded');
   assert.equal(assistantText(answer), record.text);
+});
+
+// ai 5's limitation (README, "AI SDK"): it resumes onto the message it saved when that has a
+// tool part still streaming its input, and a resume replays the whole message: the text
+// and the tool parts before the drop come twice (the first tool parts stuck streaming). ai 5 apps save messages when an answer ends (onFinish), where
+// this cannot happen; the current major starts the message afresh.
+test('ai5: a Chat reloaded mid-tool-call shows what came before the drop twice (limitation)', async () => {
+  const answer = await reloadedMidToolCall(ai, 'midtool5', Chat);
+  assert.deepEqual(textsOf(answer), ['Let me check the weather.', 'Let me check the weather.']);
+  assert.deepEqual(toolStates(answer), [
+    ['call_1', 'input-streaming'],
+    ['call_2', 'input-streaming'],
+    ['call_1', 'input-available'],
+    ['call_2', 'input-available'],
+  ]);
 });

@@ -208,3 +208,85 @@ export async function until(check, ms = DEADLINE_MS, what = 'a condition') {
     await new Promise(resolve => setTimeout(resolve, 20));
   }
 }
+
+export const textsOf = m => m.parts.filter(p => p.type === 'text').map(p => p.text);
+export const SLOW_TEXT = Array.from({ length: 50 }, (_, i) => `s${i} `).join('');
+
+/** The tests of a Chat continuing an assistant message (its client-side tool's output filled
+ * in), with Chat a concrete AbstractChat of the version under test. */
+export function continuationSuite(ai, label, Chat) {
+  test(`${label}: a continued message keeps its id; reloaded mid-answer, it resumes whole, no tool run again`, async () => {
+    const id = chatId(label);
+    const ran = [];
+    const onToolCall = ({ toolCall }) => {
+      ran.push(toolCall.toolCallId);
+    };
+    const assistant = {
+      id: `asst-${id}`,
+      role: 'assistant',
+      parts: [
+        { type: 'step-start' },
+        { type: 'text', text: 'Let me check the weather.' },
+        {
+          type: 'tool-get_weather',
+          toolCallId: 'call_1',
+          state: 'output-available',
+          input: { location: 'Berlin' },
+          output: { celsius: 21 },
+        },
+      ],
+    };
+    const transport = new ai.DefaultChatTransport({ api: API, body: { model: 'openai/slow' } });
+    const before = new Chat({ id, transport, messages: [user('weather?'), assistant], onToolCall });
+    const sent = before.sendMessage(); // continue the last message
+    await until(
+      () => before.messages.some(m => m.role === 'assistant' && textsOf(m).length === 2 && textsOf(m)[1]),
+      20_000,
+      'the continuation',
+    );
+    assert.deepEqual(before.messages.map(m => m.id), [before.messages[0].id, assistant.id], 'the same message, continued');
+    // The page goes away: the messages it had saved, partial continuation included.
+    const saved = structuredClone(before.messages);
+    await before.stop();
+    await within(sent);
+
+    const after = new Chat({ id, transport: new ai.DefaultChatTransport({ api: API }), messages: saved, onToolCall });
+    await within(after.resumeStream());
+    assert.equal(after.messages.length, 2, 'no duplicate message');
+    const answer = after.messages[1];
+    assert.equal(answer.id, assistant.id);
+    assert.deepEqual(textsOf(answer), ['Let me check the weather.', SLOW_TEXT]);
+    const tools = answer.parts.filter(p => p.type.startsWith('tool-'));
+    assert.deepEqual(
+      tools.map(p => [p.toolCallId, p.state, p.input, p.output]),
+      [['call_1', 'output-available', { location: 'Berlin' }, { celsius: 21 }]],
+    );
+    assert.deepEqual(answer.parts.map(p => p.type), ['step-start', 'text', 'tool-get_weather', 'step-start', 'text']);
+    assert.deepEqual(ran, [], 'no tool runs again');
+  });
+}
+
+/** A Chat that sent a question to the `tools_slow` model (a pause after its tool calls' input)
+ * and was left mid-tool-call: the messages it had saved (a tool part still `input-streaming`),
+ * and the same chat resumed from them. */
+export async function reloadedMidToolCall(ai, label, Chat) {
+  const id = chatId(label);
+  const transport = new ai.DefaultChatTransport({ api: API, body: { model: 'openai/tools_slow' } });
+  const before = new Chat({ id, transport });
+  const sent = before.sendMessage({ text: 'what is the weather' });
+  const calling = () =>
+    before.messages.length === 2 && before.messages[1].parts.some(p => p.type === 'tool-get_time');
+  await until(calling, 20_000, 'the tool calls');
+  const saved = structuredClone(before.messages);
+  assert.ok(saved[1].parts.some(p => p.type.startsWith('tool-') && p.state === 'input-streaming'));
+  await before.stop();
+  await within(sent);
+  const after = new Chat({ id, transport: new ai.DefaultChatTransport({ api: API }), messages: saved });
+  await within(after.resumeStream());
+  assert.equal(after.messages.length, 2, 'no duplicate message');
+  assert.equal(after.messages[1].id, saved[1].id);
+  return after.messages[1];
+}
+
+export const toolStates = m =>
+  m.parts.filter(p => p.type.startsWith('tool-')).map(p => [p.toolCallId, p.state]);
