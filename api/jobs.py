@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from api.cancellation import request_cancel
 from api.deps import IdempotencyKey, RelayDep, TenantDep
@@ -89,7 +90,9 @@ async def submit_job(
     """
 
     async def start(job_id: str, on_enqueue: OnEnqueue | None) -> Submitted:
-        return await submit(r, tenant, body, via="jobs", job_id=job_id, on_enqueue=on_enqueue)
+        return await submit(
+            r, tenant, body, via="jobs", job_id=job_id, on_enqueue=on_enqueue, wake=False
+        )
 
     job = await submit_once(r, tenant, idempotency_key, body.model_dump(mode="json"), start)
     if isinstance(job, Earlier):
@@ -98,14 +101,17 @@ async def submit_job(
             status_code=200,
             headers={"Location": f"/v1/jobs/{job.id}"},
         )
-    return _accepted(job)
+    return _accepted(r, job)
 
 
-def _accepted(job: Submitted) -> JSONBody:
+def _accepted(r: Relay, job: Submitted) -> JSONBody:
+    """202 for a job just enqueued; the workers are woken once the answer is written, so the
+    one woken does not compete with the answer for the CPU (the POST's stages: README)."""
     return JSONBody(
         _created(job.id, "queued", job.created_at),
         status_code=202,
         headers={"Location": f"/v1/jobs/{job.id}"},
+        background=BackgroundTask(r.job_queue.wake, job.id),
     )
 
 

@@ -56,6 +56,7 @@ async def submit(
     extra_fields: Mapping[str, Any] | None = None,
     job_id: str | None = None,
     on_enqueue: Callable[[Any], None] | None = None,
+    wake: bool = True,
 ) -> Submitted:
     """Validate ``body`` against the configured upstreams and enqueue it, as ``POST /v1/jobs``.
 
@@ -65,7 +66,8 @@ async def submit(
     JSON cannot carry (an integer beyond 64 bits); 413, 429 or 503
     from admission control (``api.admission``). Redis errors propagate (the API answers 503).
     The job is created and queued atomically: all or nothing; ``on_enqueue(pipe)`` adds commands
-    to the queue Redis's MULTI/EXEC that enqueues it (``EventLog.submit``).
+    to the queue Redis's MULTI/EXEC that enqueues it (``EventLog.submit``). ``wake=False``: the
+    caller wakes the workers itself (``JobQueue.wake``), e.g. once its answer is written.
     """
     upstream_name = body.upstream or r.settings.resolved_default_upstream
     if upstream_name is None:
@@ -108,7 +110,7 @@ async def submit(
         raise ApiError(422, f"the request holds a value that cannot be stored: {exc}") from None
     created_at = record.created_at
     await r.job_queue.submit(
-        job_id, fields, ttl_s=r.settings.unfinished_ttl_s, on_enqueue=on_enqueue
+        job_id, fields, ttl_s=r.settings.unfinished_ttl_s, on_enqueue=on_enqueue, wake=wake
     )
     log.info(
         "job_submitted", job_id=job_id, upstream=upstream_name, has_tools=bool(body.tools), via=via

@@ -32,6 +32,10 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
         "50 concurrent jobs on one worker",
         "reconnect with Last-Event-ID",
         "Redis memory per finished job",
+        "first delta, new connections",
+        "POST /v1/jobs round trip vs GET 404",
+        "worker CPU per published delta",
+        "API CPU per delivered event",
     ):
         (line,) = [row for row in table.splitlines() if row.startswith(figure)]
         cells = [cell.strip() for cell in line.split("|")]

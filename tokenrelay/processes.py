@@ -202,8 +202,10 @@ def start(
     log: Path | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | str | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> Child:
-    """Start ``args`` as a child, its stdout and stderr appended to ``log`` (inherited when None).
+    """Start ``args`` as a child, its stdout and stderr appended to ``log`` (inherited when None),
+    with the file descriptors ``pass_fds`` kept open in it.
 
     The child gets a session of its own and, started from the main thread on Linux, dies with
     its parent (see the module's docstring). Raises ``OSError`` if it cannot be started.
@@ -218,6 +220,7 @@ def start(
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,
             preexec_fn=_die_with_parent(),
+            pass_fds=tuple(pass_fds),
         )
     finally:
         if out is not None:

@@ -16,6 +16,7 @@ __all__ = ["SSEDecoder", "ServerSentEvent", "aiter_sse"]
 _BOM = b"\xef\xbb\xbf"
 _CR = 0x0D
 _LF = 0x0A
+_CR_BYTE = b"\r"
 _LINE_END = re.compile(rb"\r\n?|\n")
 
 
@@ -62,6 +63,8 @@ class SSEDecoder:
         if not data:
             # Keep the CR/LF pairing state for the next non-empty feed.
             return []
+        if not (self._first_line or self._skip_lf) and _CR_BYTE not in data:
+            return self._feed_lf(data)
         buf = self._buf
         start = 0
         if self._skip_lf:
@@ -83,6 +86,29 @@ class SSEDecoder:
         del buf[:start]
         return events
 
+    def _feed_lf(self, data: bytes) -> list[ServerSentEvent]:
+        """The common case, a whole network read at a time: LF line ends only, past the
+        first line. The complete lines are decoded in one call and split as text: UTF-8 never
+        has an LF byte inside a character, so this is the same text as decoding line by line
+        (an invalid sequence before an LF is replaced alike)."""
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._buf += data
+            return []
+        buf = self._buf
+        if buf:
+            buf += data[: end + 1]
+            text = buf[:-1].decode("utf-8", errors="replace")
+            buf.clear()
+        else:
+            text = data[:end].decode("utf-8", errors="replace")
+        if end + 1 < len(data):
+            buf += data[end + 1 :]
+        events: list[ServerSentEvent] = []
+        for line in text.split("\n"):
+            self._line(line, events)
+        return events
+
     def flush(self) -> list[ServerSentEvent]:
         """At end of stream, finish the last line and dispatch any pending event."""
         events: list[ServerSentEvent] = []
@@ -100,11 +126,13 @@ class SSEDecoder:
                 raw = raw[len(_BOM) :]
         # Decoding whole lines only keeps multi-byte characters that straddle
         # chunk boundaries intact; CR and LF bytes never occur inside one.
-        line = raw.decode("utf-8", errors="replace")
+        self._line(raw.decode("utf-8", errors="replace"), events)
+
+    def _line(self, line: str, events: list[ServerSentEvent]) -> None:
         if not line:
             self._dispatch(events)
             return
-        if line.startswith(":"):
+        if line[0] == ":":
             return
         name, colon, value = line.partition(":")
         if colon and value.startswith(" "):

@@ -66,7 +66,9 @@ def create_worker(settings: Settings) -> QueueWorker:
     async def on_startup(ctx: dict[str, Any]) -> None:
         queue = queue_client(settings)
         redis = streams_client(settings, queue)
-        services.clients = [redis] if redis is queue else [redis, queue]
+        # The lease renewals' own connection: never behind the jobs' commands in the pool.
+        leases = queue_client(settings, single_connection_client=True)
+        services.clients = [redis, leases] if redis is queue else [redis, queue, leases]
         records = JobStore.for_settings(redis, settings)
         writer = EventWriter(
             redis,
@@ -81,7 +83,7 @@ def create_worker(settings: Settings) -> QueueWorker:
         )
         control = Control(queue)
         runner = services.runner = JobRunner(
-            settings, records, writer, jobs, control, worker.worker_id
+            settings, records, writer, jobs, control, worker.worker_id, leases
         )
         runner.leases.start()
         services.reaper = Reaper(records, jobs, lease_ttl_s=settings.lease_ttl_s)

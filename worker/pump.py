@@ -51,9 +51,9 @@ async def pump(
         # Wait for a slot of the upstream's limit, shared by every worker process.
         await leases.acquire_slot(stream.job_id, upstream_name, config.max_concurrency)
     chunks = upstream.stream(request)
-    waiting_first = True
+    silence = Silence(config.first_token_s, config.idle_s)
     try:
-        async with asyncio.timeout(config.first_token_s) as silence:
+        async with silence:
             async for chunk in chunks:
                 if isinstance(chunk, TextDelta):
                     if tally.first_token is None:
@@ -70,20 +70,66 @@ async def pump(
                 elif isinstance(chunk, Finish):
                     tally.finish_reason = _finish_reason(chunk.reason)
                 if isinstance(chunk, TextDelta | ToolCallDelta):
-                    waiting_first = False
-                    silence.reschedule(loop.time() + config.idle_s)
+                    silence.last = loop.time()
                     if tally.events >= max_events:
                         # Truncated by our limit, as by max_tokens: the answer is cut short.
                         tally.finish_reason = "length"
                         log.warning("job_event_limit", events=tally.events)
                         return
     except TimeoutError:
-        if waiting_first:
+        if silence.last is None:
             raise UpstreamTimeout(f"no first token within {config.first_token_s:g} s") from None
         raise UpstreamTimeout(f"no token for {config.idle_s:g} s", retryable=False) from None
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
         await leases.release_slot(stream.job_id)
+
+
+class Silence:
+    """The first-token and idle timeouts as one lazy timer (``async with``): raises
+    ``TimeoutError`` when no token came within ``first_s`` of the start, or for ``idle_s``
+    after the last one (``last``, in the loop's time, set by the reader).
+
+    A token only stores its time. The timer, when it rings, sets itself again at the last
+    token's time plus ``idle_s`` and ends the wait only after that much silence: the deadline
+    is the same as rescheduling ``asyncio.timeout`` on every token, without a timer heap
+    operation per delta. Cancels the task as ``asyncio.timeout`` does, and tells its own
+    cancel from any other one.
+    """
+
+    def __init__(self, first_s: float, idle_s: float) -> None:
+        self.first_s = first_s
+        self.idle_s = idle_s
+        self.last: float | None = None
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._handle: asyncio.TimerHandle | None = None
+        self._expired = False
+        self._cancelling = 0
+
+    async def __aenter__(self) -> Silence:
+        assert self._task is not None
+        self._cancelling = self._task.cancelling()
+        self._handle = self._loop.call_at(self._loop.time() + self.first_s, self._ring)
+        return self
+
+    def _ring(self) -> None:
+        if self.last is not None:
+            due = self.last + self.idle_s
+            if due > self._loop.time():
+                self._handle = self._loop.call_at(due, self._ring)
+                return
+        self._expired = True
+        assert self._task is not None
+        self._task.cancel()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._expired and self._task is not None:
+            # Our cancel, and no other pending: the wait timed out.
+            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+                raise TimeoutError
 
 
 def _finish_reason(reason: str) -> FinishReason:

@@ -94,11 +94,11 @@ class Stack:
         me = [sys.executable, "-m", "tokenrelay.cli"]
         self.api_ports = [self.api_port] + [free_port() for _ in range(apis - 1)]
         started = [
-            (self.spawn(f"api{i}", [*me, "api", "--port", str(port)], env), port)
+            (self.spawn(f"api{i}", [*me, "api", "--workers", "1", "--port", str(port)], env), port)
             for i, port in enumerate(self.api_ports)
         ]
         for i in range(workers):
-            self.spawn(f"worker{i}", [*me, "worker"], env)
+            self.spawn(f"worker{i}", [*me, "worker", "--processes", "1"], env)
         for api, port in started:
             api.wait_ready(functools.partial(http_ok, f"http://127.0.0.1:{port}/healthz"), 30)
         time.sleep(1.0)  # the worker's pub/sub listener
@@ -406,9 +406,14 @@ async def concurrency(s: Stack, jobs: int, rate: float, seconds: float) -> Row:
 
 
 async def suite(s: Stack, quick: bool, only_ttft: bool = False) -> list[Row]:
+    import cpu  # ops/bench/cpu.py and firsttoken.py stand on this module: imported late
+    import firsttoken
+
     rows = [await ttft(s, 20 if quick else 200)]
+    rows += await firsttoken.first_token(s, 10 if quick else 40)
     if only_ttft:
         return rows
+    rows += await cpu.suite(s, quick)
     if quick:
         rows.append(await delta_latency(s, jobs=10, tokens=20, rate=50))
         rows.append(await publish_rate(s, jobs=50, tokens=50))

@@ -72,11 +72,11 @@ class RelaySystem:
         return self.group.start(name, command, log=log, env=self.env, cwd=ROOT)
 
     def start_api(self) -> None:
-        self.api = self._start("api", "api", "--port", str(self.port))
+        self.api = self._start("api", "api", "--workers", "1", "--port", str(self.port))
         self.api.wait_ready(lambda: http_ok(f"{self.base_url}/healthz"), timeout_s=20)
 
     def start_worker(self) -> Child:
-        worker = self._start(f"worker{len(self.workers)}", "worker")
+        worker = self._start(f"worker{len(self.workers)}", "worker", "--processes", "1")
         self.workers.append(worker)
         worker.wait_for_log('"worker_started"', timeout_s=20)
         return worker

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -12,11 +13,17 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import ValidationError
 
+from tokenrelay.cli import supervise
 from tokenrelay.logging import configure_logging
 from tokenrelay.settings import Settings
 
 if TYPE_CHECKING:  # the SDK is imported only by the commands that use it
     from tokenrelay.client import Client, Usage, UsageEvent
+
+API_STOP_GRACE_S = 15.0
+"""How long the API's children may take to stop (uvicorn's own graceful shutdown is 5 s)."""
+WORKER_STOP_MARGIN_S = 10.0
+"""A worker child's stop may take its ``shutdown_grace_s`` and this much more."""
 
 
 def _settings() -> Settings:
@@ -37,10 +44,18 @@ def _run_api(args: argparse.Namespace) -> None:
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
+    workers = args.workers or supervise.default_count()
+    if workers > 1 and args.fd is None:
+        sock = supervise.listen(args.host, args.port)
+        command = supervise.cli_command("api", "--workers", "1", "--fd", str(sock.fileno()))
+        supervisor = supervise.Supervisor(
+            "api", command, workers, stop_grace_s=API_STOP_GRACE_S, pass_fds=[sock.fileno()]
+        )
+        raise SystemExit(supervisor.run())
     from api.app import create_app
     from api.server import http_protocol
 
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=args.host,
         port=args.port,
@@ -50,11 +65,24 @@ def _run_api(args: argparse.Namespace) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+    server = uvicorn.Server(config)
+    # A child of `api --workers N`: serve the supervisor's socket (its family read from it, so
+    # accepted TCP connections get TCP_NODELAY as usual).
+    sockets = None if args.fd is None else [socket.socket(fileno=args.fd)]
+    server.run(sockets=sockets)
+    if not server.started:
+        raise SystemExit(3)
 
 
 def _run_worker(args: argparse.Namespace) -> None:
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
+    processes = args.processes or supervise.default_count()
+    if processes > 1:
+        command = supervise.cli_command("worker", "--processes", "1")
+        grace = settings.shutdown_grace_s + WORKER_STOP_MARGIN_S
+        supervisor = supervise.Supervisor("worker", command, processes, stop_grace_s=grace)
+        raise SystemExit(supervisor.run())
     try:
         import uvloop
 
@@ -283,14 +311,32 @@ def _client_parser(commands: Any, name: str, help: str) -> argparse.ArgumentPars
     return parser
 
 
+def _count(value: str) -> int:
+    """A process count: a whole number from 1 up."""
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"not a process count (1 or more): {value!r}")
+    return count
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tokenrelay", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     api = commands.add_parser("api", help="run the HTTP API (uvicorn)")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument(
+        "--workers", type=_count, default=0, metavar="N", help="processes (default: one per core)"
+    )
+    api.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a child of --workers N
     api.set_defaults(run=_run_api)
     worker = commands.add_parser("worker", help="run a worker that streams generation jobs")
+    worker.add_argument(
+        "--processes", type=_count, default=0, metavar="N", help="processes (default: one per core)"
+    )
     worker.set_defaults(run=_run_worker)
     dev = commands.add_parser("dev", help="run Redis, the API and a worker on this machine")
     dev.add_argument("--host", default="127.0.0.1")

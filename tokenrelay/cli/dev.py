@@ -112,8 +112,8 @@ def run(host: str = "127.0.0.1", port: int = 8000) -> int:
             say(f"local model ready in {time.monotonic() - t0:.1f} s at {local['base_url']}")
         me = [sys.executable, "-m", "tokenrelay.cli"]
         say("starting the API and a worker ...")
-        group.start("worker", [*me, "worker"], log=logs / "worker.log", env=env)
-        api_args = [*me, "api", "--host", host, "--port", str(port)]
+        group.start("worker", [*me, "worker", "--processes", "1"], log=logs / "worker.log", env=env)
+        api_args = [*me, "api", "--workers", "1", "--host", host, "--port", str(port)]
         api = group.start("api", api_args, log=logs / "api.log", env=env)
         base = f"http://{host}:{port}"
         api.wait_ready(lambda: http_ok(f"{base}/healthz"), timeout_s=30)

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from importlib import resources
 
 import structlog
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tokenrelay.keys import REAPER_PROBE_KEY, slots_key
@@ -78,14 +79,19 @@ class Leases(_Background):
     """Renews the leases of one worker process's jobs, and the upstream concurrency slots
     they hold (renewed with them, so a dead worker's slots lapse with its leases)."""
 
-    def __init__(self, jobs: JobQueue, active: Callable[[], set[str]]) -> None:
+    def __init__(
+        self, jobs: JobQueue, active: Callable[[], set[str]], redis: Redis | None = None
+    ) -> None:
         self.jobs = jobs
-        self.redis = jobs.redis
+        # Renewals on a connection of their own (``redis``): behind a busy pool (every job's
+        # writes, claims, takes) a renewal would wait its turn while the leases run out.
+        self.redis = jobs.redis if redis is None else redis
         self.ttl_ms = jobs.lease_ttl_ms
         self._active = active
         self._name = "tokenrelay-leases"
         self._slot = script(jobs.redis, SLOT_LUA)
         self._slots: dict[str, tuple[str, int]] = {}  # job -> (upstream, limit)
+        self.renewals = 0
 
     async def acquire_slot(self, job_id: str, upstream: str, limit: int) -> None:
         """Wait until the job holds one of the upstream's ``limit`` slots, across all workers.
@@ -109,23 +115,34 @@ class Leases(_Background):
         held = self._slots.pop(job_id, None)
         if held is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self.redis.zrem(slots_key(held[0]), job_id)
+                await self.jobs.redis.zrem(slots_key(held[0]), job_id)
 
     async def _forever(self) -> None:
-        # At least three renewals a TTL, so one slow round trip never lets a lease lapse.
+        # At least three renewals a TTL, so one slow round trip never lets a lease lapse. On
+        # the clock: each renewal is due ``interval`` after the previous one was due, not
+        # after it was done, so a busy process's late wake-ups and slow replies do not add up.
         interval = min(RENEW_INTERVAL_S, self.ttl_ms / 3000)
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep(interval)
-            jobs = self._active()
-            if not jobs:
-                continue
-            slots: dict[str, list[str]] = {}
-            for job_id, (upstream, _) in list(self._slots.items()):
-                slots.setdefault(slots_key(upstream), []).append(job_id)
-            try:
-                await self.jobs.renew(sorted(jobs), slots)
-            except (RedisError, OSError) as exc:
-                log.warning("lease_renew_failed", error=type(exc).__name__, jobs=len(jobs))
+            due += interval
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due = max(due, loop.time() - interval)  # far behind: do not renew in a burst
+            await self.renew_once()
+
+    async def renew_once(self) -> None:
+        """Push every active job's lease (and its slot) a TTL ahead, in one round trip."""
+        jobs = self._active()
+        if not jobs:
+            return
+        slots: dict[str, list[str]] = {}
+        for job_id, (upstream, _) in list(self._slots.items()):
+            slots.setdefault(slots_key(upstream), []).append(job_id)
+        try:
+            await self.jobs.renew(sorted(jobs), slots, redis=self.redis)
+            self.renewals += 1
+        except (RedisError, OSError) as exc:
+            log.warning("lease_renew_failed", error=type(exc).__name__, jobs=len(jobs))
 
 
 class Reaper(_Background):

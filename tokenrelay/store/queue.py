@@ -6,13 +6,15 @@ arq's records of a job are ``arq:job:<id>`` (the serialized call), its place in 
 tokenrelay writes them itself, in the round trips it already makes, and takes a job off the
 queue with one Lua call instead of arq's WATCH/MULTI. A job's way, each step atomic:
 
-    submit   status hash (queued) + arq's records + wake-up           API     (one MULTI)
+    submit   status hash (queued) + arq's records [+ wake-up]         API     (one MULTI)
     take     in-progress (the taker's token) + lease [+ claim]         worker  (take.lua)
     claim    queued -> running, owner                                  worker  (split Redis)
     events   ... then ``end``, with the final status                   worker  (append.lua)
     finish   arq's records and the lease gone, only once ``end`` is stored
     reap     lease lapsed: running -> ``error`` + ``end``, then finish;
              queued -> the taker is voided and the job handed back     any process
+
+``POST /v1/jobs`` sends the wake-up once its answer is written (``JobQueue.wake``).
 
 So from the moment a job leaves the queue until its ``end`` is stored, it is leased: there is
 no instant where it is neither queued nor leased, and a worker's death at any point is seen.
@@ -90,8 +92,8 @@ def now_ms() -> int:
 # --- submit ---------------------------------------------------------------------------------
 
 
-def add_enqueue(pipe: Any, job_id: str) -> None:
-    """arq's records of the job, then the wake-up naming it (queue Redis).
+def add_enqueue(pipe: Any, job_id: str, *, wake: bool = True) -> None:
+    """arq's records of the job, then (``wake``) the wake-up naming it (queue Redis).
 
     The records are exactly what ``ArqRedis.enqueue_job(JOB_FUNCTION, job_id, _job_id=job_id)``
     writes (without its three-round-trip guard against a reused id: ours are 128 random bits);
@@ -101,7 +103,8 @@ def add_enqueue(pipe: Any, job_id: str) -> None:
     job = serialize_job(JOB_FUNCTION, (job_id,), {}, None, now)
     pipe.psetex(job_key_prefix + job_id, expires_extra_ms, job)
     pipe.zadd(QUEUE_NAME, {job_id: now})
-    pipe.publish(WAKE_CHANNEL, job_id.encode())
+    if wake:
+        pipe.publish(WAKE_CHANNEL, job_id.encode())
 
 
 # --- take, finish, reap ---------------------------------------------------------------------
@@ -143,16 +146,21 @@ class JobQueue:
         *,
         ttl_s: int,
         on_enqueue: Callable[[Any], None] | None = None,
+        wake: bool = True,
     ) -> None:
         """Create the job's records and enqueue it: one atomic round trip when the queue and
         the streams share a Redis, else the records first, then the queue entry.
+
+        ``wake=False`` leaves the workers' wake-up to the caller (``wake``): ``POST /v1/jobs``
+        sends it once its answer is written, so a woken worker does not compete with the
+        answer for the CPU. A wake-up that is never sent costs only a poll (``queue_poll_s``).
 
         ``on_enqueue(pipe)`` may add commands to the queue Redis's MULTI/EXEC that enqueues the
         job: they run atomically with the enqueue."""
         if self.combined:
             async with self.redis.pipeline(transaction=True) as pipe:
                 add_job_records(pipe, job_id, dict(fields), ttl_s)
-                add_enqueue(pipe, job_id)
+                add_enqueue(pipe, job_id, wake=wake)
                 if on_enqueue is not None:
                     on_enqueue(pipe)
                 await pipe.execute()
@@ -162,7 +170,7 @@ class JobQueue:
             await pipe.execute()
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                add_enqueue(pipe, job_id)
+                add_enqueue(pipe, job_id, wake=wake)
                 if on_enqueue is not None:
                     on_enqueue(pipe)
                 await pipe.execute()
@@ -172,6 +180,14 @@ class JobQueue:
             with contextlib.suppress(RedisError, OSError):
                 await self.streams.delete(job_key(job_id))
             raise
+
+    async def wake(self, job_id: str) -> None:
+        """Wake the workers for a job ``submit(..., wake=False)`` enqueued (never raises: the
+        workers' poll finds the job anyway)."""
+        try:
+            await self.redis.publish(WAKE_CHANNEL, job_id.encode())
+        except (RedisError, OSError) as exc:
+            log.warning("wake_failed", job_id=job_id, error=type(exc).__name__)
 
     @classmethod
     def for_settings(cls, queue: Redis, streams: Streams, settings: Settings) -> JobQueue:
@@ -260,16 +276,23 @@ class JobQueue:
         )
         return int(found)
 
-    async def renew(self, job_ids: Sequence[str], slots: Mapping[str, Sequence[str]]) -> None:
+    async def renew(
+        self,
+        job_ids: Sequence[str],
+        slots: Mapping[str, Sequence[str]],
+        *,
+        redis: Redis | None = None,
+    ) -> None:
         """Push the leases of ``job_ids`` a lease TTL ahead, and the members of each sorted set
         in ``slots`` (upstream concurrency slots) still there, in one round trip.
 
         Leases are set with a plain ZADD, not XX: a lease its holder still runs comes back
         even if a stale reaper or taker removed it, so a running job is never left without
         one (a lease of a job that already ended is harmless: the reaper only tidies it).
+        ``redis``: a client of the queue Redis other than the shared one (its own connection).
         """
         deadline = now_ms() + self.lease_ttl_ms
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with (redis or self.redis).pipeline(transaction=False) as pipe:
             pipe.zadd(LEASES_KEY, dict.fromkeys(job_ids, deadline))
             for key, members in slots.items():
                 pipe.zadd(key, dict.fromkeys(members, deadline), xx=True)
