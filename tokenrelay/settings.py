@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     replica_wait_s: float = Field(
         default=1.0, gt=0, le=30, description="one WAIT for a replica; then it is tried again"
     )
+    restore_events: int = Field(
+        default=1024,
+        ge=0,
+        description="local: events kept per running job, written again if a failover lost them",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 

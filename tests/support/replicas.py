@@ -4,11 +4,12 @@ replica each. Timeouts are short, so a killed primary's replica takes over withi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
@@ -82,6 +83,24 @@ class Node:
             return str(client.info("replication")["role"])
 
 
+@contextlib.contextmanager
+def cut_off(primary: Node, replica: Node, lag_s: float) -> Iterator[None]:
+    """Freeze ``replica`` (SIGSTOP) and cut its link from ``primary``, so the writes of the
+    next ``lag_s`` never reach it (what it had received before it still reads); thaw it when
+    the block ends (the block kills the primary)."""
+    if lag_s <= 0 or replica.child is None:
+        yield
+        return
+    replica.child.send_signal(signal.SIGSTOP)
+    try:
+        with primary.client() as client:
+            client.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        time.sleep(lag_s)
+        yield
+    finally:
+        replica.child.send_signal(signal.SIGCONT)
+
+
 class SentinelSet:
     """A primary, one replica and three Sentinels watching them as ``service``.
 
@@ -145,22 +164,24 @@ class SentinelSet:
             _host, port = s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
         return next(node for node in self.nodes if node.port == int(port))
 
-    def kill_primary(self) -> tuple[Node, float]:
+    def kill_primary(self, lag_s: float = 0.0) -> tuple[Node, float]:
         """SIGKILL the primary, wait until a Sentinel promoted the replica; the killed node
-        and the seconds the promotion took."""
+        and the seconds the promotion took. ``lag_s``: for that long before, the replica gets
+        nothing (its link cut), so the writes of that time are lost with the primary."""
         old = self.primary()
-        began = time.monotonic()
-        old.kill()
+        with cut_off(old, next(n for n in self.nodes if n is not old), lag_s):
+            began = time.monotonic()
+            old.kill()
         _wait(lambda: self.primary() is not old, "no promotion", 30)
         new = self.primary()
         _wait(lambda: new.role() == "master", "the promoted node is no primary", 10)
         return old, time.monotonic() - began
 
     def restart_as_replica(self, node: Node) -> None:
-        """Start the killed node again (empty): the Sentinels make it the new primary's
-        replica; waits until it is in sync."""
-        node.start()
+        """Start the killed node again (empty) as the new primary's replica (as the Sentinels
+        would make it, only sooner); waits until it is in sync."""
         new = self.primary()
+        node.start("--replicaof", "127.0.0.1", str(new.port))
         _wait(lambda: self._in_sync(new), "the old primary did not rejoin as a replica", 30)
 
     def stop(self) -> None:
@@ -217,14 +238,20 @@ class ReplicatedCluster:
             info = client.info("replication")
         return info["role"] == "slave" and info.get("master_link_status") == "up"
 
+    def replica_of(self, primary: Node) -> Node:
+        with primary.client() as client:
+            info = client.info("replication")
+        return self.node_at(int(info["slave0"]["port"]))
+
     def node_at(self, port: int) -> Node:
         return next(n for n in self.nodes if n.port == port)
 
-    def kill(self, node: Node) -> float:
+    def kill(self, node: Node, lag_s: float = 0.0) -> float:
         """SIGKILL ``node`` (a primary), wait until its replica serves its slots and the
-        cluster is ok again; the seconds that took."""
-        began = time.monotonic()
-        node.kill()
+        cluster is ok again; the seconds that took. ``lag_s`` as ``SentinelSet.kill_primary``."""
+        with cut_off(node, self.replica_of(node), lag_s):
+            began = time.monotonic()
+            node.kill()
         _wait(lambda: self._slots_served_without(node), "no replica took over", 30)
         return time.monotonic() - began
 
@@ -244,10 +271,41 @@ class ReplicatedCluster:
         return covered == 16384
 
     def restart(self, node: Node) -> None:
-        """Start a killed node again with its cluster config: it rejoins as a replica of the
-        node that took its slots; waits until every primary has a synced replica again."""
+        """Start a killed node again, as a new empty node (as a replaced pod would be):
+        never as the primary its old config names, which would serve its slots empty for a
+        moment. It joins the cluster as the replica of the node that took its slots; waits
+        until every primary has a synced replica again."""
+        (node.workdir / "nodes.conf").unlink(missing_ok=True)
         node.start()
+        survivor = next(n for n in self.nodes if n.child is not None and n is not node)
+        with node.client() as client:
+            bus = survivor.args[survivor.args.index("--cluster-port") + 1]
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", survivor.port, bus)
+        orphan = self._orphaned_primary()
+
+        def replicating() -> bool:
+            try:
+                with node.client() as client:
+                    client.execute_command("CLUSTER", "REPLICATE", orphan)
+                return True
+            except redis.ResponseError:
+                return False  # it does not know that node yet
+
+        _wait(replicating, "the new node did not learn the cluster", 20)
         _wait(self._healthy, "the killed node did not rejoin as a replica", 40)
+
+    def _orphaned_primary(self) -> str:
+        """The id of the primary with no replica (the one that took over)."""
+        with next(n for n in self.nodes if n.child is not None).client() as client:
+            lines = client.execute_command("CLUSTER", "NODES").decode().splitlines()
+        primaries = {
+            f[0]
+            for f in (line.split() for line in lines)
+            if "master" in f[2] and "fail" not in f[2]
+        }
+        replicated = {f[3] for f in (line.split() for line in lines) if "slave" in f[2]}
+        (orphan,) = primaries - replicated
+        return orphan
 
     def stop(self) -> None:
         for node in self.nodes:

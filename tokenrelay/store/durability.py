@@ -1,4 +1,5 @@
-"""Durability ``replicated``: no reader sees an event before a replica holds it.
+"""The two durability settings' event writers; ``replicated``: no reader sees an event before a
+replica holds it (``local``'s writer is ``tokenrelay.store.restore.LocalWriter``).
 
 Redis replicates asynchronously: an event its primary acknowledged may be gone after a replica
 is promoted. With ``TOKENRELAY_DURABILITY=replicated`` the worker's writer (``ReplicatedWriter``)
@@ -36,6 +37,7 @@ from tokenrelay.keys import events_key, job_keys, pending_key
 from tokenrelay.settings import Settings
 from tokenrelay.store.connections import Streams, is_cluster, script
 from tokenrelay.store.events import EventWriter, _Batch
+from tokenrelay.store.restore import LocalWriter
 
 _LUA = resources.files("tokenrelay.store") / "lua"
 STAGE_LUA = (_LUA / "stage.lua").read_text()
@@ -52,7 +54,7 @@ def event_writer(redis: Streams, settings: Settings) -> EventWriter:
     }
     if settings.durability == "replicated":
         return ReplicatedWriter(redis, wait_s=settings.replica_wait_s, **options)
-    return EventWriter(redis, **options)
+    return LocalWriter(redis, keep=settings.restore_events, **options)
 
 
 class ReplicatedWriter(EventWriter):
@@ -136,10 +138,8 @@ class ReplicatedWriter(EventWriter):
         for j, reply in enumerate(replies):
             if isinstance(reply, BaseException):
                 out[j] = reply
-            elif isinstance(acked, BaseException):
-                out[j] = acked
-            elif int(acked) < 1:
-                out[j] = ResponseError(f"NOREPLICAS no replica acknowledged within {wait[2]} ms")
+            elif (missed := _unacknowledged(acked, wait[2])) is not None:
+                out[j] = missed
             else:
                 ready.append((j, reply[0]))
         if not ready:
@@ -156,16 +156,9 @@ class ReplicatedWriter(EventWriter):
         if final:
             self.waits += 1
             published, acked = published[:-1], published[-1]
-            if isinstance(acked, BaseException) or int(acked) < 1:
+            if (error := _unacknowledged(acked, wait[2])) is not None:
                 # The end may not be on a replica yet: write the round again (it is applied
                 # once), so the worker lets the job go only once a replica holds its end.
-                error = (
-                    acked
-                    if isinstance(acked, BaseException)
-                    else ResponseError(
-                        f"NOREPLICAS no replica acknowledged the end within {wait[2]} ms"
-                    )
-                )
                 published = [
                     error if batches[j].final_ttl and not isinstance(r, BaseException) else r
                     for (j, _), r in zip(ready, published, strict=True)
@@ -177,6 +170,17 @@ class ReplicatedWriter(EventWriter):
     def _stage_call(self, batch: _Batch) -> tuple[Sequence[str], list[Any]]:
         keys = (*job_keys(batch.job_id), pending_key(batch.job_id))
         return keys, batch.args(self.maxlen, self.safety_ttl_s)
+
+
+def _unacknowledged(acked: Any, wait_ms: int) -> ResponseError | None:
+    """The error for a round whose WAIT did not see a replica take it, or None. Transient
+    (``NOREPLICAS``), whatever WAIT met: a node that became a replica refuses WAIT, and the
+    next try goes to the new primary."""
+    if isinstance(acked, BaseException):
+        return ResponseError(f"NOREPLICAS the wait for a replica failed: {str(acked)[:80]}")
+    if int(acked) < 1:
+        return ResponseError(f"NOREPLICAS no replica acknowledged within {wait_ms} ms")
+    return None
 
 
 async def _pipeline(

@@ -272,7 +272,7 @@ class EventWriter:
             fenced = isinstance(result, ResponseError) and "FENCED" in str(result)
             batch.done.set_exception(Fenced(str(result)) if fenced else result)
             return
-        last_id, cancel = result
+        last_id, cancel = result[0], result[1]
         self.events_written += len(batch.events)
         if cancel:
             on_cancel = self._on_cancel.pop(batch.job_id, None)
