@@ -44,6 +44,12 @@ def text_key(job_id: str) -> str:
     return f"{_job_prefix(job_id)}:text"
 
 
+def pending_key(job_id: str) -> str:
+    """The job's staged events, not yet published (durability ``replicated``): a stream named
+    as the events' with ``:pending`` for ``:events`` (fail.lua derives it so)."""
+    return f"{_job_prefix(job_id)}:pending"
+
+
 def job_of(key: str) -> str:
     """The job id in one of its keys (``tr:{s<n>}:<job_id>:<kind>``)."""
     return key.split(":")[2]

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tokenrelay import redis_url as urls
+
 UpstreamKind = Literal["openai", "ollama", "sse"]
 
 
@@ -105,15 +107,34 @@ class Settings(BaseSettings):
     stream_max_message_bytes: int = Field(
         default=262_144, gt=0, description="Durable Streams message size; then 413"
     )
+    durability: Literal["local", "replicated"] = Field(
+        default="local",
+        description="replicated: listeners see an event only once a replica holds it (WAIT 1)",
+    )
+    replica_wait_s: float = Field(
+        default=1.0, gt=0, le=30, description="one WAIT for a replica; then it is tried again"
+    )
+    restore_events: int = Field(
+        default=1024,
+        ge=0,
+        description="local: events kept per running job, written again if a failover lost them",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
     @field_validator("redis_url", "queue_url", "streams_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("a Redis URL must start with redis://, rediss:// or unix://")
-        return value
+        return None if value is None else urls.check(value)
+
+    @model_validator(mode="after")
+    def _check_sentinel_not_cluster(self) -> Settings:
+        if self.streams_cluster and urls.is_sentinel(self.streams_dsn):
+            raise ValueError(
+                "TOKENRELAY_STREAMS_CLUSTER: a Redis Cluster has no Sentinels; name one of its "
+                "nodes with redis:// or rediss://"
+            )
+        return self
 
     @property
     def queue_dsn(self) -> str:

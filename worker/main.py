@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from tokenrelay.settings import Settings
 from tokenrelay.store.connections import Streams, queue_client, streams_client
 from tokenrelay.store.control import Control
-from tokenrelay.store.events import EventWriter
+from tokenrelay.store.durability import event_writer
 from tokenrelay.store.jobs import JobStore
 from tokenrelay.store.leases import Reaper
 from tokenrelay.store.queue import JobQueue, QueueWorker, Taken
@@ -70,12 +70,7 @@ def create_worker(settings: Settings) -> QueueWorker:
         leases = queue_client(settings, single_connection_client=True)
         services.clients = [redis, leases] if redis is queue else [redis, queue, leases]
         records = JobStore.for_settings(redis, settings)
-        writer = EventWriter(
-            redis,
-            maxlen=settings.stream_maxlen,
-            safety_ttl_s=settings.unfinished_ttl_s,
-            retry_s=settings.write_retry_s,
-        )
+        writer = event_writer(redis, settings)
         writer.start()
         jobs = JobQueue.for_settings(queue, redis, settings)
         worker.attach(

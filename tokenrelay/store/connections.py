@@ -8,9 +8,11 @@ from typing import Any, TypeAlias, cast
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from tokenrelay.redis_url import is_sentinel, parse_sentinel
 from tokenrelay.settings import Settings
 
 Streams: TypeAlias = Redis | RedisCluster
@@ -27,8 +29,32 @@ def _timeouts(settings: Settings) -> dict[str, Any]:
     }
 
 
+def sentinel_pool(url: str, **options: Any) -> SentinelConnectionPool:
+    """A pool of connections to the primary the Sentinels of ``url`` name: each (re)connect
+    asks them again, so after a promotion the pool reaches the new primary (a connection to a
+    demoted one fails with READONLY and is dropped)."""
+    parsed = parse_sentinel(url)
+    sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        parsed.sentinels,
+        sentinel_kwargs={**parsed.sentinel_kwargs(), **sentinel_options},
+        **parsed.node_kwargs(),
+        **options,
+    )
+    return SentinelConnectionPool(  # type: ignore[no-untyped-call]
+        parsed.service, sentinel, **{**sentinel.connection_kwargs, "is_master": True}
+    )
+
+
+def _client(url: str, **options: Any) -> Redis:
+    if is_sentinel(url):
+        single = bool(options.pop("single_connection_client", False))
+        return Redis(connection_pool=sentinel_pool(url, **options), single_connection_client=single)
+    return cast(Redis, Redis.from_url(url, **options))
+
+
 def queue_client(settings: Settings, **options: Any) -> Redis:
-    return cast(Redis, Redis.from_url(settings.queue_dsn, **{**_timeouts(settings), **options}))
+    return _client(settings.queue_dsn, **{**_timeouts(settings), **options})
 
 
 def streams_client(settings: Settings, queue: Redis | None = None) -> Streams:
@@ -40,7 +66,7 @@ def streams_client(settings: Settings, queue: Redis | None = None) -> Streams:
         )
     if queue is not None and settings.streams_dsn == settings.queue_dsn:
         return queue
-    return cast(Redis, Redis.from_url(settings.streams_dsn, **_timeouts(settings)))
+    return _client(settings.streams_dsn, **_timeouts(settings))
 
 
 def script(client: Streams, source: str) -> AsyncScript:
@@ -78,8 +104,7 @@ def node_client(settings: Settings, node: ClusterNode | None) -> Redis:
     one that takes longer than that and ``redis_timeout_s`` is lost (a half-dead connection)."""
     timeouts = {**_timeouts(settings), "socket_timeout": READER_BLOCK_S + settings.redis_timeout_s}
     if node is None:
-        client = Redis.from_url(settings.streams_dsn, single_connection_client=True, **timeouts)
-        return cast(Redis, client)
+        return _client(settings.streams_dsn, single_connection_client=True, **timeouts)
     # The node's own connection settings: password, username, TLS as the cluster client has.
     kwargs = {**node.connection_kwargs, **timeouts}
     pool = ConnectionPool(connection_class=node.connection_class, **kwargs)

@@ -29,7 +29,7 @@ from tokenrelay.errors import (
     StoreUnavailable,
     quoted,
 )
-from tokenrelay.keys import events_key, job_key, job_keys
+from tokenrelay.keys import events_key, job_key, job_keys, pending_key
 from tokenrelay.resilience import Backoff, is_transient
 from tokenrelay.store.connections import Streams, eval_many, is_cluster, script
 from tokenrelay.wire import EVENT_TYPES, ZERO_ID, EndEvent, Event, EventId, encode
@@ -41,7 +41,7 @@ APPEND_LUA = (_LUA / "append.lua").read_text()
 CLAIM_LUA = (_LUA / "claim_fn.lua").read_text() + (
     "\nreturn claim(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])\n"
 )
-FAIL_LUA = (_LUA / "fail.lua").read_text()
+FAIL_LUA = (_LUA / "publish_fn.lua").read_text() + (_LUA / "fail.lua").read_text()
 FINISH_QUEUED_LUA = (_LUA / "finish_queued.lua").read_text()
 READ_JOB_LUA = (_LUA / "read_job.lua").read_text()
 
@@ -111,11 +111,19 @@ class EventLog:
             pipe.xrange(events_key(job_id), count=1)
             pipe.hmget(job_key(job_id), ["nevents", "last_event_id"])
             kept, first, (appended, last) = await pipe.execute()
-        if last is None or after > EventId.parse(last.decode()):
+        if (last is None or after > EventId.parse(last.decode())) and not await self._staged(
+            job_id, after
+        ):
             raise InvalidEventId(f"event id {quoted(after)} was never issued for this job")
         trimmed = int(appended or 0) > int(kept)
         if trimmed and first and after < EventId.parse(first[0][0].decode()):
             raise EventIdExpired(f"events after {quoted(after)} are no longer kept")
+
+    async def _staged(self, job_id: str, after: EventId) -> bool:
+        """Whether ``after`` was staged (durability ``replicated``): a listener saw it on a
+        primary that a failover lost, and the job's next publish brings it back, same id."""
+        newest = await self.redis.xrevrange(pending_key(job_id), count=1)
+        return bool(newest) and after <= EventId.parse(newest[0][0].decode())
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -264,7 +272,7 @@ class EventWriter:
             fenced = isinstance(result, ResponseError) and "FENCED" in str(result)
             batch.done.set_exception(Fenced(str(result)) if fenced else result)
             return
-        last_id, cancel = result
+        last_id, cancel = result[0], result[1]
         self.events_written += len(batch.events)
         if cancel:
             on_cancel = self._on_cancel.pop(batch.job_id, None)

@@ -22,7 +22,7 @@ _LUA = resources.files("tokenrelay.store") / "lua"
 CLAIM_LUA = (_LUA / "claim_fn.lua").read_text() + (
     "\nreturn claim(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])\n"
 )
-FAIL_LUA = (_LUA / "fail.lua").read_text()
+FAIL_LUA = (_LUA / "publish_fn.lua").read_text() + (_LUA / "fail.lua").read_text()
 FINISH_QUEUED_LUA = (_LUA / "finish_queued.lua").read_text()
 READ_JOB_LUA = (_LUA / "read_job.lua").read_text()
 

@@ -34,7 +34,7 @@ from importlib import resources
 from typing import Any, cast
 
 import structlog
-from arq.connections import RedisSettings, create_pool, log_redis_info
+from arq.connections import ArqRedis, RedisSettings, create_pool, log_redis_info
 from arq.constants import (
     default_queue_name,
     expires_extra_ms,
@@ -59,9 +59,10 @@ from tokenrelay.keys import (
     rate_key,
 )
 from tokenrelay.metrics import WORKER_ALIVE_S
+from tokenrelay.redis_url import is_sentinel
 from tokenrelay.resilience import retrying
 from tokenrelay.settings import Settings
-from tokenrelay.store.connections import Streams, eval_many, is_cluster, script
+from tokenrelay.store.connections import Streams, eval_many, is_cluster, script, sentinel_pool
 from tokenrelay.store.jobs import Claim, add_job_records, parse_claim
 from tokenrelay.wire import now_rfc3339
 
@@ -368,9 +369,16 @@ class QueueWorker(Worker):
         on_shutdown: Callable[[dict[Any, Any]], Coroutine[Any, Any, None]],
     ) -> QueueWorker:
         """The worker of ``settings``: signals handled, at most ``max_jobs_per_worker`` jobs."""
+        if is_sentinel(settings.queue_dsn):
+            # arq's RedisSettings cannot say redis+sentinel://: its pool is built here instead,
+            # on the same Sentinel-backed connections the rest of tokenrelay uses.
+            pool = sentinel_pool(settings.queue_dsn, socket_timeout=settings.redis_timeout_s)
+            options: dict[str, Any] = {"redis_pool": ArqRedis(connection_pool=pool)}
+        else:
+            options = {"redis_settings": RedisSettings.from_dsn(settings.queue_dsn)}
         return cls(
             run,
-            redis_settings=RedisSettings.from_dsn(settings.queue_dsn),
+            **options,
             on_startup=on_startup,
             on_shutdown=on_shutdown,
             max_jobs=settings.max_jobs_per_worker,

@@ -4,7 +4,8 @@
 --       nfields x (field, value), then events as (type, data, text) triples.
 -- seq is the number of events the job had before this batch: a batch retried after a lost
 -- reply skips what was already applied, so appends are exactly-once. Replies {the last id,
--- whether a cancel was asked for} (a worker that missed the cancel message learns it here).
+-- whether a cancel was asked for, the first id and the count appended by this call} (a worker
+-- that missed the cancel message learns it here; the ids let it restore events a failover lost).
 local owner = redis.call('HGET', KEYS[2], 'owner')
 local have = tonumber(redis.call('HGET', KEYS[2], 'nevents') or '0')
 local seq = tonumber(ARGV[2])
@@ -21,11 +22,13 @@ if have < seq then
   return redis.error_reply('GAP expected event ' .. have .. ' got ' .. seq)
 end
 local id = false
+local first = false
 local text = {}
 local added = 0
 local i = ev0 + 3 * (have - seq)
 while i <= #ARGV do
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 't', ARGV[i], 'd', ARGV[i + 1])
+  first = first or id
   if #ARGV[i + 2] > 0 then text[#text + 1] = ARGV[i + 2] end
   added = added + 1
   i = i + 3
@@ -51,4 +54,4 @@ else
   if created_text then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
 end
 return {id or redis.call('HGET', KEYS[2], 'last_event_id'),
-  redis.call('HGET', KEYS[2], 'cancel_requested') or ''}
+  redis.call('HGET', KEYS[2], 'cancel_requested') or '', first or '', added}

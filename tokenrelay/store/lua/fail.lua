@@ -16,6 +16,14 @@ end
 local owner = redis.call('HGET', KEYS[2], 'owner')
 if ARGV[1] ~= '' and owner == ARGV[1] .. ':done' then return 1 end
 if status ~= 'running' or (ARGV[1] ~= '' and owner ~= ARGV[1]) then return 0 end
+-- Durability ``replicated``: what the attempt staged is published first (a listener may have
+-- seen it on a primary since lost), so the error follows every event it could have seen. The
+-- pending stream shares the job's hash tag (so its slot); its end, if staged, ends the job.
+local kpend = string.gsub(KEYS[1], ':events$', ':pending')
+if redis.call('EXISTS', kpend) == 1 then
+  publish(KEYS[1], KEYS[2], KEYS[3], kpend, owner, '+', ARGV[6], 0)
+  if redis.call('HGET', KEYS[2], 'owner') == owner .. ':done' then return 1 end
+end
 local have = tonumber(redis.call('HGET', KEYS[2], 'nevents') or '0')
 local added = 2
 if have == 0 then

