@@ -313,10 +313,6 @@ def busiest_primary(cluster: ReplicatedCluster, job_ids: list[str]) -> int:
     return max(set(ports), key=ports.count)
 
 
-@pytest.mark.skip(
-    reason="flaky (about 1 run in 3): after the cluster failover some listeners on the API "
-    "hub never get their job's end although every job finished; under investigation"
-)
 async def test_cluster_failover_with_replicated_loses_nothing(
     tmp_path: Path, redis_db: str, upstream: UpstreamServer, replicated_cluster: ReplicatedCluster
 ) -> None:

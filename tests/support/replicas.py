@@ -281,7 +281,7 @@ class ReplicatedCluster:
         with node.client() as client:
             bus = survivor.args[survivor.args.index("--cluster-port") + 1]
             client.execute_command("CLUSTER", "MEET", "127.0.0.1", survivor.port, bus)
-        orphan = self._orphaned_primary()
+        orphan = self._orphaned_primary(survivor)
 
         def replicating() -> bool:
             try:
@@ -294,14 +294,16 @@ class ReplicatedCluster:
         _wait(replicating, "the new node did not learn the cluster", 20)
         _wait(self._healthy, "the killed node did not rejoin as a replica", 40)
 
-    def _orphaned_primary(self) -> str:
-        """The id of the primary with no replica (the one that took over)."""
-        with next(n for n in self.nodes if n.child is not None).client() as client:
+    def _orphaned_primary(self, asking: Node) -> str:
+        """The id of the primary with no replica (the one that took over), as ``asking`` (a
+        node of the cluster, not the new one: that one does not know the cluster yet) sees
+        it. Only primaries serving slots count: the new node is a primary without any."""
+        with asking.client() as client:
             lines = client.execute_command("CLUSTER", "NODES").decode().splitlines()
         primaries = {
             f[0]
             for f in (line.split() for line in lines)
-            if "master" in f[2] and "fail" not in f[2]
+            if "master" in f[2] and "fail" not in f[2] and len(f) > 8
         }
         replicated = {f[3] for f in (line.split() for line in lines) if "slave" in f[2]}
         (orphan,) = primaries - replicated

@@ -17,7 +17,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tokenrelay.keys import events_key, job_of, shard_of, shard_tag
@@ -173,12 +173,12 @@ class NodeReader:
                 # MOVED / ASK / CLUSTERDOWN: the slots moved (resharding, failover).
                 self._client_id = None
                 log.warning("hub_reader_moved", node=self.node, error=str(exc)[:120])
-                await self.readers.reroute(self)
+                await self._reroute()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self._client_id = None
                 log.warning("hub_reader_retry", node=self.node, error=type(exc).__name__)
                 if self.readers.cluster:
-                    await self.readers.reroute(self)
+                    await self._reroute()
             except Exception as exc:
                 # Never die: every listener of these streams depends on this task.
                 self._client_id = None
@@ -189,6 +189,15 @@ class NodeReader:
                 async with asyncio.timeout(self._delay):
                     await self._changed.wait()
             self._delay = min(self._delay * 2, RETRY_MAX_S)
+
+    async def _reroute(self) -> None:
+        """``Readers.reroute``, never raising: it runs in ``_run``'s error handlers, and a
+        reader whose task ended would leave its jobs followed by nobody (their listeners would
+        wait for ever). Failed, the jobs stay here: the next read fails again and retries."""
+        try:
+            await self.readers.reroute(self)
+        except Exception as exc:
+            log.error("hub_reroute_failed", node=self.node, error=type(exc).__name__, exc_info=exc)
 
     async def _read_forever(self) -> None:
         while True:
@@ -269,35 +278,54 @@ class Readers(Mapping[str, NodeReader]):
     def _reader_for(self, job_id: str) -> NodeReader:
         """The reader of the job's shard (cluster: a cross-slot XREAD is refused, even on one
         node), or the one reader of a single server."""
-        node: ClusterNode | None = None
-        name = "single"
-        if self.cluster:
-            shard = shard_of(job_id)
-            found = cast(RedisCluster, self.redis).get_node_from_key(shard_tag(shard))
-            if found is None:
-                raise RedisError(f"no cluster node holds shard {shard}")
-            node, name = found, f"s{shard}@{found.name}"
+        name, node = self._place(job_id)
         reader = self._readers.get(name)
         if reader is None:
             reader = NodeReader(self, name, self._connect(node), self._connect(node))
             self._readers[name] = reader
         return reader
 
+    def _place(self, job_id: str) -> tuple[str, ClusterNode | None]:
+        """The name of the job's reader and the node it reads from (``None``: the single
+        server). Raises ``RedisError`` when no cluster node holds the job's shard."""
+        if not self.cluster:
+            return "single", None
+        shard = shard_of(job_id)
+        try:
+            found = cast(RedisCluster, self.redis).get_node_from_key(shard_tag(shard))
+        except RedisClusterException as exc:  # SlotNotCoveredError: not a RedisError
+            raise RedisError(f"no cluster node holds shard {shard}: {exc}") from exc
+        if found is None:
+            raise RedisError(f"no cluster node holds shard {shard}")
+        return f"s{shard}@{found.name}", found
+
     async def reroute(self, reader: NodeReader) -> None:
         """After MOVED or a lost node: learn the slots again (at most once a second), then
-        hand each of the reader's jobs to the reader of its shard's current node."""
+        hand each of the reader's jobs to the reader of its shard's current node. If a job's
+        node is unknown, the jobs stay with ``reader``, which tries again after its pause."""
         if not self.cluster:
             return
         async with self._topology_lock:
             loop = asyncio.get_running_loop()
             if loop.time() - self._topology_at > 1.0:
-                with contextlib.suppress(RedisError, OSError):
+                try:
                     await cast(RedisCluster, self.redis).nodes_manager.initialize()
+                except Exception as exc:
+                    # Not only RedisError: redis-py raises RedisClusterException (nodes that
+                    # disagree, none reachable), and RuntimeError when the cluster client's own
+                    # initialize runs at the same time (a dict changed while iterated).
+                    log.warning("hub_topology_failed", error=f"{type(exc).__name__}: {exc}"[:200])
                 self._topology_at = loop.time()
-        moved, reader.jobs = reader.jobs, set()
+        followed = [job for job in reader.jobs if self.followed.cursor(job) is not None]
+        try:
+            for job_id in followed:
+                self._place(job_id)
+        except RedisError as exc:
+            log.warning("hub_reroute_deferred", node=reader.node, error=str(exc)[:120])
+            return
+        reader.jobs = set()
         if self._readers.get(reader.node) is reader:
             del self._readers[reader.node]
             asyncio.get_running_loop().create_task(reader.aclose())
-        for job_id in moved:
-            if self.followed.cursor(job_id) is not None:
-                self._reader_for(job_id).add(job_id)
+        for job_id in followed:
+            self._reader_for(job_id).add(job_id)

@@ -124,8 +124,11 @@ class ReplicatedWriter(EventWriter):
         self._refreshed_at = loop.time()
         try:
             await cast(RedisCluster, self.redis).nodes_manager.initialize()
-        except (RedisError, OSError):
-            pass  # the next round's errors try again
+        except Exception:
+            # The next round's errors try again. Not only RedisError: redis-py raises
+            # RedisClusterException, and RuntimeError when the cluster client's own
+            # initialize runs at the same time (a dict changed while iterated).
+            pass
 
     async def _round(self, client: Redis, batches: list[_Batch]) -> list[Any]:
         """Stage ``batches`` and wait for a replica, then publish those staged."""
