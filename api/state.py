@@ -67,6 +67,7 @@ class Relay:
     async def aclose(self) -> None:
         await self.reaper.aclose()
         await self.hub.aclose()
+        await self.jobs.aclose()
         await self.redis.aclose()
         if self.queue is not self.redis:
             await self.queue.aclose()

@@ -143,6 +143,19 @@ class JobRunner:
                     budget_s=self.settings.write_retry_s,
                     what="claim",
                 )
+            if claimed == "cancelling":
+                # Cancelled while queued, its end staged but not yet published (durability
+                # ``replicated``: the canceller's publish was lost or never came): publish it.
+                ended = await retrying(
+                    lambda: self.records.finish_queued(
+                        job_id, now_rfc3339(), {"finish_reason": "cancelled"}
+                    ),
+                    budget_s=self.settings.write_retry_s,
+                    what="cancel",
+                )
+                log.info("job_cancel_finished", ended=ended)
+                state.ended = True
+                return
             if isinstance(claimed, str):
                 log.info("job_skipped", status=claimed)
                 # Ended or gone: tidy its queue records. Void: a reaper handed it back already.

@@ -50,6 +50,7 @@ class _Services:
         if self.runner is not None:
             await self.runner.leases.aclose()
             await self.runner.writer.aclose()
+            await self.runner.records.aclose()
             await self.runner.aclose()
         for client in self.clients:
             await client.aclose()

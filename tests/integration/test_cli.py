@@ -156,7 +156,10 @@ def test_jobs_lists_recent_jobs_newest_first(system: RelaySystem) -> None:
 def test_ctrl_c_exits_130_and_says_how_to_resume(
     system: RelaySystem, upstream: UpstreamServer
 ) -> None:
-    upstream.add("cli_slow", Scenario(pieces=[f"s{i} " for i in range(100)], delay_s=0.05))
+    # The answer stalls after its first piece, so the job is still running when Ctrl-C comes,
+    # however long the tail takes to start on a loaded machine (the test cancels it after).
+    stalled = Scenario(pieces=[f"s{i} " for i in range(100)], stall_after=1, stall_s=60)
+    upstream.add("cli_slow", stalled)
     job_id = run(system, "submit", "hi", "--model", "cli_slow").stdout.strip()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tokenrelay.cli", "tail", job_id, "--url", system.base_url],

@@ -24,7 +24,7 @@ from tests.integration.helpers import Ev, assert_well_formed, collect, follow_re
 from tests.support.replicas import ReplicatedCluster, SentinelSet
 from tests.support.system import RelaySystem, system_env
 from tests.upstream_server import Scenario, UpstreamServer
-from tokenrelay.keys import events_key
+from tokenrelay.keys import events_key, job_key
 
 PIECES = 40
 DELAY_S = 0.04
@@ -111,6 +111,9 @@ async def check_listeners(
         job = (await client.get(f"/v1/jobs/{job_id}")).json()
         assert job["text"] == texts(truth)
         reason = truth[-1].data["finish_reason"]
+        errors = [e.data for e in truth if e.type == "error"]
+        if errors:  # which error, so a failure says why
+            reason += f":{errors[0].get('type')}:{str(errors[0].get('message'))[:60]}"
         figures.outcomes[reason] = figures.outcomes.get(reason, 0) + 1
         truths.append(truth)
     figures.jobs = len(job_ids)
@@ -153,6 +156,115 @@ async def test_replicated_shows_no_event_before_a_replica_holds_it(
         assert texts(events) == "".join(f"g{i} " for i in range(5))
         async with httpx.AsyncClient(base_url=system.base_url, timeout=10) as client:
             assert await collect(client, job_id) == events
+
+
+def frozen_replica(sentinel_set: SentinelSet) -> contextlib.AbstractContextManager[None]:
+    """The Sentinel set's replica frozen (SIGSTOP) for the block: it acknowledges nothing."""
+    replica = next(n for n in sentinel_set.nodes if n is not sentinel_set.primary())
+    child = replica.child
+    assert child is not None
+
+    @contextlib.contextmanager
+    def frozen() -> Iterator[None]:
+        child.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            child.send_signal(signal.SIGCONT)
+
+    return frozen()
+
+
+async def until(condition: Callable[[], bool], what: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {within} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_replicated_a_reaped_job_shows_its_end_only_once_a_replica_holds_it(
+    tmp_path: Path, upstream: UpstreamServer, sentinel_set: SentinelSet
+) -> None:
+    """The worker is killed mid-job while the replica is frozen: the reaper ends the job
+    (``worker_lost``), but stages that end and publishes it only once a replica holds it, so no
+    listener sees an end a failover could lose. Then one end, and the replay equals what the
+    listener saw."""
+    env = system_env(
+        upstream,
+        TOKENRELAY_DURABILITY="replicated",
+        TOKENRELAY_REPLICA_WAIT_S="0.2",
+        TOKENRELAY_LEASE_TTL_S="1",
+    )
+    upstream.add("reaped", Scenario(pieces=[f"r{i} " for i in range(400)], delay_s=0.05))
+    with (
+        systems(tmp_path, sentinel_set.url(), env, count=1) as (system,),
+        redis.Redis(port=sentinel_set.primary().port) as primary,
+    ):
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=10) as client:
+            job_id = await submit_retrying(client, "reaped")
+            listener = asyncio.create_task(follow_resilient(client, job_id, within=60))
+            await until(lambda: primary.xlen(events_key(job_id)) >= 5, "events published")
+            with frozen_replica(sentinel_set):
+                system.workers[0].send_signal(signal.SIGKILL)
+                system.workers[0].wait(10)
+
+                def staged() -> bool:
+                    owner: bytes = primary.hget(job_key(job_id), "owner") or b""
+                    return owner.endswith(b":ending")
+
+                await until(staged, "the reaper staged the end")
+                await asyncio.sleep(1.0)  # a few of its WAITs time out meanwhile
+                types = [f[b"t"] for _, f in primary.xrange(events_key(job_id))]
+                assert b"end" not in types and b"error" not in types
+                assert primary.hget(job_key(job_id), "status") == b"running"
+                assert not listener.done()
+            async with asyncio.timeout(30):
+                events, _ = await listener
+            truth = await collect(client, job_id)
+    assert_well_formed(truth)
+    assert events == truth
+    error = next(e for e in truth if e.type == "error").data
+    assert error["type"] == "worker_lost" and error["retryable"] is True
+    assert truth[-1].data["finish_reason"] == "error"
+
+
+async def test_replicated_a_cancel_before_start_shows_its_end_only_once_a_replica_holds_it(
+    tmp_path: Path, upstream: UpstreamServer, sentinel_set: SentinelSet
+) -> None:
+    """A queued job is cancelled while the replica is frozen: the cancel answers 503 (nothing
+    a replica holds yet) and no listener sees an end. The end stays staged, and the job can no
+    longer start: the worker that later takes it off the queue publishes the cancel instead of
+    running it. One end, ``cancelled``."""
+    env = system_env(upstream, TOKENRELAY_DURABILITY="replicated", TOKENRELAY_REPLICA_WAIT_S="0.2")
+    upstream.add("never", Scenario(pieces=["never "], delay_s=0.01))
+    system = RelaySystem(tmp_path / "s", sentinel_set.url(), env)
+    try:
+        system.start_api()  # no worker yet: the job stays queued
+        with redis.Redis(port=sentinel_set.primary().port) as primary:
+            async with httpx.AsyncClient(base_url=system.base_url, timeout=10) as client:
+                job_id = await submit_retrying(client, "never")
+                listener = asyncio.create_task(follow_resilient(client, job_id, within=60))
+                with frozen_replica(sentinel_set):
+                    response = await client.post(f"/v1/jobs/{job_id}/cancel")
+                    assert response.status_code == 503, response.text
+                    assert "Traceback" not in response.text
+                    assert primary.hget(job_key(job_id), "status") == b"queued"
+                    assert primary.hget(job_key(job_id), "owner") == b"api:ending"
+                    assert primary.xlen(events_key(job_id)) == 0
+                    await asyncio.sleep(0.5)
+                    assert not listener.done()
+                system.start_worker()
+                async with asyncio.timeout(30):
+                    events, _ = await listener
+                job = (await client.get(f"/v1/jobs/{job_id}")).json()
+                truth = await collect(client, job_id)
+    finally:
+        system.stop()
+    assert [e.type for e in events] == ["end"]
+    assert events == truth
+    assert events[0].data["finish_reason"] == "cancelled"
+    assert job["status"] == "cancelled"
+    assert not [r for r in upstream.requests if r.scenario == "never"], "it never ran"
 
 
 async def run_through_failover(

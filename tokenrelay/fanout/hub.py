@@ -160,7 +160,13 @@ class Hub:
         cursor = self._cursors.get(sub.job_id)
         if cursor is None:
             self._cursors[sub.job_id] = sub.last
-            self._readers.follow(sub.job_id)
+            try:
+                self._readers.follow(sub.job_id)
+            except BaseException:
+                # No reader follows the job (no cluster node holds it now): forget it, or
+                # the next listener would find its cursor and wait on a reader that is not.
+                self._remove(sub)
+                raise
         elif sub.last < cursor:
             # Events up to the cursor were handed out before this listener came: fetch them.
             sub._push(cursor, EMPTY)

@@ -14,10 +14,12 @@ makes each write round two steps per Redis node:
    replica before its worker lets it go.
 
 A failover can lose a publish that listeners already saw, but never the staged entries behind
-it: the next publish (the worker's, or the reaper's ``fail.lua``) copies them again, with the
-same ids and data, so every replay equals what any listener saw. A round no replica
-acknowledges within ``replica_wait_s`` is retried like any transient error, up to
-``write_retry_s``; past that the job ends with a retryable ``store_unavailable``.
+it: the next publish (the worker's, or the reaper's ``end_staged.lua``) copies them again,
+with the same ids and data, so every replay equals what any listener saw. The ends no worker's
+round writes (the reaper's, a cancel before start) are staged and waited for in the same way
+(``JobStore``). A round no replica acknowledges within ``replica_wait_s`` is retried like any
+transient error, up to ``write_retry_s``; past that the job ends with a retryable
+``store_unavailable``.
 """
 
 from __future__ import annotations
@@ -25,24 +27,26 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 
-from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from tokenrelay.keys import events_key, job_keys, pending_key
 from tokenrelay.settings import Settings
 from tokenrelay.store.connections import Streams, is_cluster, script
 from tokenrelay.store.events import EventWriter, _Batch
+from tokenrelay.store.replication import (
+    NodeClients,
+    run_then_wait,
+    unacknowledged,
+    wait_command,
+)
 from tokenrelay.store.restore import LocalWriter
 
 _LUA = resources.files("tokenrelay.store") / "lua"
 STAGE_LUA = (_LUA / "stage.lua").read_text()
 PUBLISH_LUA = (_LUA / "publish_fn.lua").read_text() + (_LUA / "publish.lua").read_text()
-TOPOLOGY_REFRESH_S = 0.5
 
 
 def event_writer(redis: Streams, settings: Settings) -> EventWriter:
@@ -67,22 +71,19 @@ class ReplicatedWriter(EventWriter):
         self.wait_ms = max(1, int(wait_s * 1000))
         self._stage = script(redis, STAGE_LUA)
         self._publish = script(redis, PUBLISH_LUA)
-        self._nodes: dict[str, Redis] = {}
-        self._refreshed_at = 0.0
+        self._nodes = NodeClients(redis)
         self.waits = 0
 
     async def aclose(self) -> None:
         await super().aclose()
-        nodes, self._nodes = list(self._nodes.values()), {}
-        for client in nodes:
-            await client.aclose()
+        await self._nodes.aclose()
 
     async def _execute(self, batches: list[_Batch]) -> list[Any]:
         results: list[Any] = [None] * len(batches)
         groups: dict[str, tuple[Redis, list[int]]] = {}
         for i, batch in enumerate(batches):
             try:
-                name, client = self._node_of(batch.job_id)
+                name, client = self._nodes.of(events_key(batch.job_id))
             except RedisError as exc:
                 results[i] = exc
                 continue
@@ -98,42 +99,15 @@ class ReplicatedWriter(EventWriter):
 
         await asyncio.gather(*(run(client, indexes) for client, indexes in groups.values()))
         if is_cluster(self.redis) and any(isinstance(r, BaseException) for r in results):
-            await self._refresh()
+            await self._nodes.refresh()
         return results
-
-    def _node_of(self, job_id: str) -> tuple[str, Redis]:
-        """The client of the node holding the job: WAIT counts only the writes of its own
-        connection, so a round's stage and wait go down one node connection, in a pipeline."""
-        if not is_cluster(self.redis):
-            return "single", cast(Redis, self.redis)
-        node = cast(RedisCluster, self.redis).get_node_from_key(events_key(job_id))
-        if node is None:
-            raise RedisConnectionError(f"no cluster node holds job {job_id!r} now")
-        client = self._nodes.get(node.name)
-        if client is None:
-            pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
-            client = self._nodes[node.name] = Redis(connection_pool=pool)
-        return node.name, client
-
-    async def _refresh(self) -> None:
-        """After an error on a cluster: learn the slots again (a failover moves them), at
-        most every ``TOPOLOGY_REFRESH_S``."""
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._refreshed_at < TOPOLOGY_REFRESH_S:
-            return
-        self._refreshed_at = loop.time()
-        try:
-            await cast(RedisCluster, self.redis).nodes_manager.initialize()
-        except Exception:
-            # The next round's errors try again. Not only RedisError: redis-py raises
-            # RedisClusterException, and RuntimeError when the cluster client's own
-            # initialize runs at the same time (a dict changed while iterated).
-            pass
 
     async def _round(self, client: Redis, batches: list[_Batch]) -> list[Any]:
         """Stage ``batches`` and wait for a replica, then publish those staged."""
-        wait = ("WAIT", 1, self.wait_ms)
-        staged = await _pipeline(client, self._stage, [self._stage_call(b) for b in batches], wait)
+        wait = wait_command(self.wait_ms)
+        staged = await run_then_wait(
+            client, self._stage, [self._stage_call(b) for b in batches], wait
+        )
         self.waits += 1
         replies, acked = staged[:-1], staged[-1]
         out: list[Any] = [None] * len(batches)
@@ -141,7 +115,7 @@ class ReplicatedWriter(EventWriter):
         for j, reply in enumerate(replies):
             if isinstance(reply, BaseException):
                 out[j] = reply
-            elif (missed := _unacknowledged(acked, wait[2])) is not None:
+            elif (missed := unacknowledged(acked, wait[2])) is not None:
                 out[j] = missed
             else:
                 ready.append((j, reply[0]))
@@ -155,11 +129,11 @@ class ReplicatedWriter(EventWriter):
             )
             for j, upto in ready
         ]
-        published = await _pipeline(client, self._publish, calls, *([wait] if final else []))
+        published = await run_then_wait(client, self._publish, calls, *([wait] if final else []))
         if final:
             self.waits += 1
             published, acked = published[:-1], published[-1]
-            if (error := _unacknowledged(acked, wait[2])) is not None:
+            if (error := unacknowledged(acked, wait[2])) is not None:
                 # The end may not be on a replica yet: write the round again (it is applied
                 # once), so the worker lets the job go only once a replica holds its end.
                 published = [
@@ -173,35 +147,3 @@ class ReplicatedWriter(EventWriter):
     def _stage_call(self, batch: _Batch) -> tuple[Sequence[str], list[Any]]:
         keys = (*job_keys(batch.job_id), pending_key(batch.job_id))
         return keys, batch.args(self.maxlen, self.safety_ttl_s)
-
-
-def _unacknowledged(acked: Any, wait_ms: int) -> ResponseError | None:
-    """The error for a round whose WAIT did not see a replica take it, or None. Transient
-    (``NOREPLICAS``), whatever WAIT met: a node that became a replica refuses WAIT, and the
-    next try goes to the new primary."""
-    if isinstance(acked, BaseException):
-        return ResponseError(f"NOREPLICAS the wait for a replica failed: {str(acked)[:80]}")
-    if int(acked) < 1:
-        return ResponseError(f"NOREPLICAS no replica acknowledged within {wait_ms} ms")
-    return None
-
-
-async def _pipeline(
-    client: Redis,
-    lua: AsyncScript,
-    calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
-    *tail: tuple[Any, ...],
-) -> list[Any]:
-    """``lua`` once per call, then the ``tail`` commands, down one connection in one round
-    trip; each result is its reply or its error. Loads the script when Redis lost it (a
-    restart or a promoted replica that never ran it): both scripts are safe to run again."""
-    async with client.pipeline(transaction=False) as pipe:
-        for keys, args in calls:
-            pipe.evalsha(lua.sha, len(keys), *keys, *args)
-        for command in tail:
-            pipe.execute_command(*command)
-        results = await pipe.execute(raise_on_error=False)
-    if any(isinstance(r, NoScriptError) for r in results):
-        await client.script_load(lua.script)
-        return await _pipeline(client, lua, calls, *tail)
-    return list(results)

@@ -11,11 +11,20 @@ from importlib import resources
 from typing import Any, cast
 
 import orjson
+from redis.exceptions import RedisError
 
 from tokenrelay.errors import JobNotFound
-from tokenrelay.keys import RECENT_JOBS_KEPT, job_key, job_keys, recent_jobs_key, text_key
+from tokenrelay.keys import (
+    RECENT_JOBS_KEPT,
+    job_key,
+    job_keys,
+    pending_key,
+    recent_jobs_key,
+    text_key,
+)
 from tokenrelay.settings import Settings
 from tokenrelay.store.connections import Streams, script
+from tokenrelay.store.replication import NodeClients, write_then_wait
 from tokenrelay.wire import now_rfc3339
 
 _LUA = resources.files("tokenrelay.store") / "lua"
@@ -25,6 +34,13 @@ CLAIM_LUA = (_LUA / "claim_fn.lua").read_text() + (
 FAIL_LUA = (_LUA / "publish_fn.lua").read_text() + (_LUA / "fail.lua").read_text()
 FINISH_QUEUED_LUA = (_LUA / "finish_queued.lua").read_text()
 READ_JOB_LUA = (_LUA / "read_job.lua").read_text()
+# Durability ``replicated``: an end is staged, waits for a replica, then is published.
+_NEXT_ID = (_LUA / "staged_next_id.lua").read_text()
+FAIL_STAGE_LUA = _NEXT_ID + (_LUA / "fail_stage.lua").read_text()
+CANCEL_STAGE_LUA = _NEXT_ID + (_LUA / "cancel_stage.lua").read_text()
+END_STAGED_LUA = (_LUA / "publish_fn.lua").read_text() + (_LUA / "end_staged.lua").read_text()
+STAGED = 3
+"""A staging script's reply: the end is staged, to be published once a replica holds it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,18 +101,47 @@ class JobStore:
     """A job's record (its status hash) and text on the streams Redis (one node or a cluster):
     read, claimed, ended. Clients must not decode responses."""
 
-    def __init__(self, redis: Streams, *, ttl_s: int, maxlen: int) -> None:
+    def __init__(
+        self,
+        redis: Streams,
+        *,
+        ttl_s: int,
+        maxlen: int,
+        replicated: bool = False,
+        replica_wait_s: float = 1.0,
+    ) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
         self.maxlen = maxlen
         self._claim = script(redis, CLAIM_LUA)
-        self._fail = script(redis, FAIL_LUA)
-        self._finish_queued = script(redis, FINISH_QUEUED_LUA)
         self._read_job = script(redis, READ_JOB_LUA)
+        # The two ways a job ends but through its worker's writer: failed (by the reaper, or
+        # by its worker when its writes failed) and cancelled while queued. With durability
+        # ``replicated`` each is staged, waits for a replica, and only then is published.
+        self.replicated = replicated
+        self.wait_ms = max(1, int(replica_wait_s * 1000))
+        if replicated:
+            self._nodes = NodeClients(redis)
+            self._fail = script(redis, FAIL_STAGE_LUA)
+            self._finish_queued = script(redis, CANCEL_STAGE_LUA)
+            self._end_staged = script(redis, END_STAGED_LUA)
+        else:
+            self._fail = script(redis, FAIL_LUA)
+            self._finish_queued = script(redis, FINISH_QUEUED_LUA)
 
     @classmethod
     def for_settings(cls, redis: Streams, settings: Settings) -> JobStore:
-        return cls(redis, ttl_s=settings.stream_ttl_s, maxlen=settings.stream_maxlen)
+        return cls(
+            redis,
+            ttl_s=settings.stream_ttl_s,
+            maxlen=settings.stream_maxlen,
+            replicated=settings.durability == "replicated",
+            replica_wait_s=settings.replica_wait_s,
+        )
+
+    async def aclose(self) -> None:
+        if self.replicated:
+            await self._nodes.aclose()
 
     async def get_job(self, job_id: str) -> tuple[dict[str, str], str] | None:
         """The status hash and text of a job, read together (atomically); None if unknown."""
@@ -127,30 +172,60 @@ class JobStore:
     ) -> int:
         """End a running job with ``error`` and ``end`` ``error``, atomically (fail.lua): the
         reaper's (``owner`` '': whoever holds it) or its worker's own. 1 when ended, 2 when
-        still queued (``void`` can no longer claim it), 0 when there is nothing to do."""
-        data = orjson.dumps(dict(error))
-        done = await self._fail(
-            keys=list(job_keys(job_id)),
-            args=[
-                owner,
-                now_rfc3339(),
-                self.ttl_s,
-                data,
-                orjson.dumps({"finish_reason": "error"}),
-                self.maxlen,
-                void,
-                job_id,
-            ],
-        )
-        return int(done)
+        still queued (``void`` can no longer claim it), 0 when there is nothing to do. With
+        durability ``replicated`` it returns once a replica holds the end (``_staged``)."""
+        args: list[str | int | bytes] = [
+            owner,
+            now_rfc3339(),
+            self.ttl_s,
+            orjson.dumps(dict(error)),
+            orjson.dumps({"finish_reason": "error"}),
+            self.maxlen,
+            void,
+            job_id,
+        ]
+        if self.replicated:
+            return await self._staged(job_id, args)
+        return int(await self._fail(keys=list(job_keys(job_id)), args=args))
 
     async def finish_queued(self, job_id: str, now: str, end_data: Mapping[str, Any]) -> bool:
         """End a job no worker has taken, with one ``end`` event. False if a worker has it."""
+        if self.replicated:
+            args: list[str | int | bytes] = [now, self.ttl_s, orjson.dumps(dict(end_data))]
+            return await self._staged(job_id, args, cancel=True) == 1
         done = await self._finish_queued(
             keys=list(job_keys(job_id)),
             args=[now, self.ttl_s, orjson.dumps(dict(end_data)), self.maxlen],
         )
         return bool(done)
+
+    async def _staged(
+        self, job_id: str, args: Sequence[str | int | bytes], *, cancel: bool = False
+    ) -> int:
+        """Durability ``replicated``: stage the end (``fail_stage.lua`` or, ``cancel``,
+        ``cancel_stage.lua``), wait for a replica, publish it (``end_staged.lua``), wait again,
+        so the end is on a replica before the caller lets the job go. Raises a transient
+        ``NOREPLICAS`` when a replica does not acknowledge: called again, each step is applied
+        once, and what was staged is published."""
+        keys = [*job_keys(job_id), pending_key(job_id)]
+        _, client = self._nodes.of(job_key(job_id))
+        stage = self._finish_queued if cancel else self._fail
+        try:
+            # A reply the caller acts on (it lets the job go, or answers that it ended) must
+            # rest on what a replica holds; the scripts write with each, so WAIT covers it.
+            # A cancel's 0 (a worker has the job) needs none: the worker is signalled.
+            wrote = (1, 3) if cancel else (0, 1, 2, 3)
+            done = await write_then_wait(client, stage, keys, args, self.wait_ms, wrote=wrote)
+            if done != STAGED:
+                return int(done)
+            publish = self._end_staged
+            ended = await write_then_wait(
+                client, publish, keys, [self.maxlen], self.wait_ms, wrote=(1,)
+            )
+            return int(ended)
+        except (RedisError, OSError):
+            await self._nodes.refresh()
+            raise
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from importlib import resources
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from tokenrelay.keys import REAPER_PROBE_KEY, slots_key
 from tokenrelay.store.connections import Streams, script
@@ -191,7 +191,14 @@ class Reaper(_Background):
         """Settle every job whose lease has run out; returns how many this call ended."""
         ended = 0
         for job_id, taker in await self.jobs.lapsed(REAP_BATCH):
-            done = await self.records.fail(job_id, WORKER_LOST, void=taker)
+            try:
+                done = await self.records.fail(job_id, WORKER_LOST, void=taker)
+            except ResponseError as exc:
+                # This job's node refused or has no replica to acknowledge its end
+                # (durability ``replicated``): the others may be on healthy nodes; this one
+                # stays lapsed and is tried again next round.
+                log.warning("reap_deferred", job_id=job_id, error=str(exc)[:80])
+                continue
             if done == 2:
                 if await self.jobs.requeue(job_id, taker):
                     self.requeued += 1

@@ -3,7 +3,8 @@
 -- Idempotent for the same owner (a retry after a lost reply gets the same answer); refuses an
 -- owner whose take a reaper voided (it stalled past its lease and the job was handed back).
 -- Replies {attempt, nevents, request, upstream, model, cancel_requested} when the owner holds
--- the job, or {0, status} when it is not to be run ('missing', 'void', or the status).
+-- the job, or {0, status} when it is not to be run ('missing', 'void', 'cancelling', or the
+-- status).
 local function claim(kev, kjob, ktext, owner, now, safety_ttl)
   local status = redis.call('HGET', kjob, 'status')
   if not status then return {0, 'missing'} end
@@ -13,6 +14,10 @@ local function claim(kev, kjob, ktext, owner, now, safety_ttl)
     return {0, status}
   elseif redis.call('HEXISTS', kjob, 'void:' .. owner) == 1 then
     return {0, 'void'}
+  elseif redis.call('HGET', kjob, 'owner') == 'api:ending' then
+    -- cancelled while queued, its end staged (durability ``replicated``): the taker
+    -- publishes it (cancel_stage.lua) instead of running the job
+    return {0, 'cancelling'}
   else
     redis.call('HINCRBY', kjob, 'attempt', 1)
     redis.call('HSET', kjob, 'status', 'running', 'owner', owner)

@@ -6,6 +6,7 @@
 local owner = redis.call('HGET', KEYS[2], 'owner')
 if owner ~= ARGV[1] then
   if owner == ARGV[1] .. ':done' then
+    redis.call('HINCRBY', KEYS[2], 'writes', 1)  -- so the WAIT after it covers the end
     return {redis.call('HGET', KEYS[2], 'last_event_id'), ''}
   end
   return redis.error_reply('FENCED the job is not owned by this attempt')

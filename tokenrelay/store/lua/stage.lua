@@ -14,6 +14,8 @@ local nev = (#ARGV - ev0 + 1) / 3
 local published = tonumber(redis.call('HGET', KEYS[2], 'nevents') or '0')
 if owner ~= ARGV[1] then
   if owner == ARGV[1] .. ':done' and published >= seq + nev then
+    -- A write, so the WAIT after it covers the end whoever published it (a lost ack).
+    redis.call('HINCRBY', KEYS[2], 'writes', 1)
     return {redis.call('HGET', KEYS[2], 'last_event_id')}
   end
   return redis.error_reply('FENCED the job is not owned by this attempt')
