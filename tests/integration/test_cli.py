@@ -161,23 +161,26 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(
     stalled = Scenario(pieces=[f"s{i} " for i in range(100)], stall_after=1, stall_s=60)
     upstream.add("cli_slow", stalled)
     job_id = run(system, "submit", "hi", "--model", "cli_slow").stdout.strip()
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "tokenrelay.cli", "tail", job_id, "--url", system.base_url],
         cwd=ROOT,
         env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.read(3)  # "s0 ": the text is streaming
-        assert first == b"s0 "
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        # As at a terminal: a test run started in the background (a shell without job
+        # control) ignores SIGINT, and its children would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.read(3)  # "s0 ": the text is streaming
+            assert first == b"s0 "
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
     assert proc.returncode == 130
     assert f"tokenrelay tail {job_id} --after " in err.decode()
     assert job_of(system, job_id)["status"] == "running", "the job goes on without its listener"
