@@ -11,7 +11,14 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.encoding import JSONBody
-from tokenrelay.errors import EventIdExpired, InvalidEventId, JobNotFound, StreamGone, clipped
+from tokenrelay.errors import (
+    EventIdExpired,
+    InvalidEventId,
+    JobNotFound,
+    StoreUnavailable,
+    StreamGone,
+    clipped,
+)
 
 log = structlog.get_logger("tokenrelay.api")
 
@@ -144,6 +151,11 @@ async def _redis_error(_: Request, exc: Exception) -> JSONBody:
     )
 
 
+async def _store_unavailable(_: Request, exc: Exception) -> JSONBody:
+    log.warning("store_unavailable", error=str(exc))
+    return error_response(503, f"{exc}; try again shortly", headers={"Retry-After": "1"})
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONBody:
     log.error("unhandled_error", error=type(exc).__name__, exc_info=exc)
     return error_response(500, "internal error", type_="api_error")
@@ -158,4 +170,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(EventIdExpired, _known_error(410, "after"))
     app.add_exception_handler(StreamGone, _known_error(410))
     app.add_exception_handler(RedisError, _redis_error)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -9,7 +9,13 @@ from redis.asyncio import Redis
 
 from tokenrelay.fanout import Hub
 from tokenrelay.settings import Settings
-from tokenrelay.store.connections import Streams, node_client, queue_client, streams_client
+from tokenrelay.store.connections import (
+    Streams,
+    close,
+    node_client,
+    queue_client,
+    streams_client,
+)
 from tokenrelay.store.control import Control
 from tokenrelay.store.events import EventLog
 from tokenrelay.store.idempotency import IdempotencyStore
@@ -49,7 +55,13 @@ class Relay:
         reaper.start()
         idempotency = IdempotencyStore(queue, ttl_s=settings.stream_ttl_s)
         control = Control(queue)
-        durable = DurableStreamStore(redis, retention_s=settings.stream_retention_s)
+        durable = DurableStreamStore(
+            redis,
+            retention_s=settings.stream_retention_s,
+            replicated=settings.durability == "replicated",
+            replica_wait_s=settings.replica_wait_s,
+            write_retry_s=settings.write_retry_s,
+        )
         return cls(
             settings,
             redis,
@@ -68,6 +80,7 @@ class Relay:
         await self.reaper.aclose()
         await self.hub.aclose()
         await self.jobs.aclose()
-        await self.redis.aclose()
+        await self.durable.aclose()
+        await close(self.redis)
         if self.queue is not self.redis:
-            await self.queue.aclose()
+            await close(self.queue)

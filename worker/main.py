@@ -12,7 +12,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from tokenrelay.settings import Settings
-from tokenrelay.store.connections import Streams, queue_client, streams_client
+from tokenrelay.store.connections import Streams, close, queue_client, streams_client
 from tokenrelay.store.control import Control
 from tokenrelay.store.durability import event_writer
 from tokenrelay.store.jobs import JobStore
@@ -53,7 +53,7 @@ class _Services:
             await self.runner.records.aclose()
             await self.runner.aclose()
         for client in self.clients:
-            await client.aclose()
+            await close(client)
 
 
 def create_worker(settings: Settings) -> QueueWorker:

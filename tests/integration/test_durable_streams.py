@@ -219,7 +219,7 @@ async def test_a_stream_without_ttl_is_kept_for_the_retention(keyed: RelaySystem
     async with httpx.AsyncClient(base_url=keyed.base_url, timeout=10) as client:
         assert (await client.put(path, content=b"a", headers=A)).status_code == 201
         with redis.Redis.from_url(keyed.redis_url) as direct:
-            meta, entries, _, _ = durable_keys(durable_topic(name))
+            meta, entries, _, _, _ = durable_keys(durable_topic(name))
             for key in (meta, entries):
                 assert 0 < direct.pttl(key) <= RETENTION_S * 1000
         await asyncio.sleep(RETENTION_S / 2)

@@ -1,6 +1,7 @@
 """The Durable Streams conformance suite (``@durable-streams/server-conformance-tests``, pinned
 in tests/js/durable-streams) against real tokenrelay API processes: on one Redis, and on a
-3-primary Redis Cluster behind two API processes taking the suite's requests in turn.
+3-primary Redis Cluster behind two API processes taking the suite's requests in turn, and
+with durability ``replicated`` on a Sentinel set.
 
 Every test outside webhook subscriptions (optional in the protocol, not built; the suite skips
 them) must pass, forks included; how many ran, and how, is printed."""
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.replicas import SentinelSet
 from tests.support.servers import RedisClusterServers
 from tests.support.system import ROOT, RelaySystem, relay_system
 
@@ -99,3 +101,20 @@ def test_the_conformance_suite_on_a_cluster_behind_two_apis(tmp_path: Path, redi
             check(run_suite([a.base_url, b.base_url], tmp_path), excused=(ROTATION_ARTIFACT,))
     finally:
         cluster.stop()
+
+
+@pytest.mark.timeout(SUITE_TIMEOUT_S + 60)
+def test_the_conformance_suite_with_replicated_durability(tmp_path: Path) -> None:
+    """Every write staged, waited for by a replica and only then published (a Sentinel set:
+    a primary and a replica): the protocol behaves the same."""
+    servers = SentinelSet(tmp_path / "sentinel")
+    system = RelaySystem(
+        tmp_path / "a", servers.url(), {**ENV, "TOKENRELAY_DURABILITY": "replicated"}
+    )
+    try:
+        servers.start()
+        system.start_api()
+        check(run_suite([system.base_url], tmp_path))
+    finally:
+        system.stop()
+        servers.stop()

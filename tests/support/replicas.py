@@ -108,10 +108,13 @@ class SentinelSet:
     Sentinels which node is the primary now.
     """
 
-    def __init__(self, workdir: Path, service: str = "mymaster") -> None:
+    def __init__(
+        self, workdir: Path, service: str = "mymaster", primary_args: tuple[str, ...] = ()
+    ) -> None:
         self.workdir = workdir
         self.service = service
         self.nodes = [Node(workdir / f"node{i}", REPLICA_ARGS) for i in range(2)]
+        self.primary_args = primary_args  # the first primary's extra arguments
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[Child] = []
 
@@ -121,7 +124,7 @@ class SentinelSet:
 
     def start(self) -> None:
         first, second = self.nodes
-        first.start()
+        first.start(*self.primary_args)
         second.start("--replicaof", "127.0.0.1", str(first.port))
         _wait(lambda: self._in_sync(first), "the replica did not sync", 20)
         for port in self.sentinel_ports:

@@ -21,7 +21,13 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tokenrelay.keys import events_key, job_of, shard_of, shard_tag
-from tokenrelay.store.connections import READER_BLOCK_S, Streams, is_cluster
+from tokenrelay.store.connections import (
+    READER_BLOCK_S,
+    Streams,
+    close,
+    follow_primary,
+    is_cluster,
+)
 from tokenrelay.store.events import StoredEvent
 from tokenrelay.wire import EventId
 
@@ -32,6 +38,8 @@ READ_COUNT = 1000
 WAKE_PATIENCE_S = 0.5
 """How long a new job's waker tries CLIENT UNBLOCK before it resets the reader's connection."""
 RETRY_FIRST_S = 0.05
+FOLLOW_PRIMARY_S = 1.0
+"""On Sentinel: how often a reader asks the Sentinels whether it still reads the primary."""
 RETRY_MAX_S = 2.0
 """A failing reader retries after these pauses (doubling), or when a job is added; a read that
 works resets them."""
@@ -73,6 +81,7 @@ class NodeReader:
         self._waker: asyncio.Task[None] | None = None
         self._delay = RETRY_FIRST_S
         self._changed = asyncio.Event()
+        self._primary_at = 0.0  # when the Sentinels were last asked (``_follow_primary``)
         self._task = asyncio.create_task(self._run(), name=f"tokenrelay-hub-{node}")
 
     def add(self, job_id: str) -> None:
@@ -162,8 +171,8 @@ class NodeReader:
             while task is not None and not task.done():
                 task.cancel()
                 await asyncio.wait([task], timeout=0.1)
-        await self._reader.aclose()
-        await self._control.aclose()
+        await close(self._reader)
+        await close(self._control)
 
     async def _run(self) -> None:
         while True:
@@ -199,8 +208,21 @@ class NodeReader:
         except Exception as exc:
             log.error("hub_reroute_failed", node=self.node, error=type(exc).__name__, exc_info=exc)
 
+    async def _follow_primary(self) -> None:
+        """On Sentinel, at most every ``FOLLOW_PRIMARY_S``: move both connections to the
+        primary the Sentinels name, should a split brain have left them on another."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._primary_at < FOLLOW_PRIMARY_S:
+            return
+        self._primary_at = loop.time()
+        if await follow_primary(self._reader):
+            self._client_id = None
+            log.warning("hub_reader_moved", node=self.node)
+        await follow_primary(self._control)
+
     async def _read_forever(self) -> None:
         while True:
+            await self._follow_primary()
             if self._client_id is None:
                 self._client_id = int(await self._reader.client_id())
             followed = self.readers.followed

@@ -10,7 +10,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from tokenrelay.redis_url import is_sentinel, parse_sentinel
 from tokenrelay.settings import Settings
@@ -44,6 +44,58 @@ def sentinel_pool(url: str, **options: Any) -> SentinelConnectionPool:
     return SentinelConnectionPool(  # type: ignore[no-untyped-call]
         parsed.service, sentinel, **{**sentinel.connection_kwargs, "is_master": True}
     )
+
+
+async def follow_primary(client: Streams) -> bool:
+    """A Sentinel client: ask the Sentinels which node is the primary now, and drop the
+    client's idle connections (and a single-connection client's own) to any other node, so its
+    next commands go to that primary. Whether any was dropped; False for other clients, and
+    when no Sentinel answers.
+
+    A connection to a primary that was demoted fails by itself (READONLY) and reconnects to
+    the new one. Not so after a second failover while the first primary still runs (Sentinels
+    that lost touch with a busy primary for ``down-after-milliseconds`` promote its replica):
+    until the Sentinels make it a replica, that primary takes writes nobody else reads. A
+    worker renewing its leases there would see them lapse on the real primary."""
+    if not isinstance(client, Redis):
+        return False
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return False
+    try:
+        found = await pool.sentinel_manager.discover_master(pool.service_name)
+    except (RedisError, OSError):
+        return False
+    primary = (str(found[0]), int(found[1]))
+    pool.master_address = found
+
+    def stale(connection: Any) -> bool:
+        return bool(connection.is_connected) and (connection.host, connection.port) != primary
+
+    # Taken out of the pool before the first await, so no command starts on one meanwhile.
+    # redis-py 5 keeps no public list of a pool's idle connections.
+    idle = pool._available_connections
+    dropped = [c for c in idle if stale(c)]
+    pool._available_connections = [c for c in idle if c not in dropped]
+    own = client.connection
+    if own is not None and stale(own):
+        dropped.append(own)
+    for connection in dropped:
+        await connection.disconnect()
+        if connection is not own:
+            pool._available_connections.append(connection)
+    return bool(dropped)
+
+
+async def close(client: Streams) -> None:
+    """Close ``client``; on Sentinel its pool too (a client given a pool leaves it open) and
+    the clients of its Sentinels."""
+    await client.aclose()
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, SentinelConnectionPool):
+        await pool.disconnect()
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
 
 
 def _client(url: str, **options: Any) -> Redis:

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from tokenrelay.keys import REAPER_PROBE_KEY, slots_key
-from tokenrelay.store.connections import Streams, script
+from tokenrelay.store.connections import Streams, follow_primary, script
 from tokenrelay.store.jobs import JobStore
 from tokenrelay.store.queue import JobQueue
 
@@ -138,6 +138,7 @@ class Leases(_Background):
         slots: dict[str, list[str]] = {}
         for job_id, (upstream, _) in list(self._slots.items()):
             slots.setdefault(slots_key(upstream), []).append(job_id)
+        await follow_primary(self.redis)
         try:
             await self.jobs.renew(sorted(jobs), slots, redis=self.redis)
             self.renewals += 1
@@ -169,6 +170,13 @@ class Reaper(_Background):
             # Jitter, so reapers in many processes do not all wake at once.
             await asyncio.sleep(self.interval_s * random.uniform(0.5, 1.0))
             try:
+                # Connections moved to another primary (a split brain's stale one left): the
+                # workers' renewals may have gone there too; give them a lease TTL here.
+                moved = await follow_primary(self.jobs.redis)
+                if self.records.redis is not self.jobs.redis:
+                    moved = await follow_primary(self.records.redis) or moved
+                if moved:
+                    self._healthy_since = time.monotonic()
                 await self._probe(self.jobs.redis)
                 if self.records.redis is not self.jobs.redis:
                     await self._probe(self.records.redis)

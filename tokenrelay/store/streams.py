@@ -6,28 +6,44 @@ batch) or ``t=c`` (the stream was closed: a wake-up for live readers, never data
 holds a copy of its source's messages up to its fork point, with their ids. The tail is the
 id of the last message, kept in the hash, so offsets are entry ids: they sort, and never
 repeat (Redis ids only grow).
+
+With durability ``replicated`` no reader sees a message before a replica holds it: a write's
+messages and close are staged (``lua/stream_stage.lua``), one ``WAIT 1`` follows on the same
+connection, and only then are they published (``lua/stream_publish.lua``) with the ids they
+were staged under; the writer's answer waits for a replica to hold the publish too. A
+failover can lose a publish readers saw, never the staging behind it: the stream's next write
+publishes it again, same ids, same data.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal, cast
 
-from tokenrelay.errors import StreamGone
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from tokenrelay.errors import StoreUnavailable, StreamGone
 from tokenrelay.keys import durable_keys
 from tokenrelay.store.connections import Streams, script
+from tokenrelay.store.replication import NodeClients, run_then_wait, unacknowledged, wait_command
 from tokenrelay.wire import EventId
 
 _LUA = resources.files("tokenrelay.store") / "lua"
 _EXPIRY = (_LUA / "stream_expiry.lua").read_text()
-CREATE_LUA = _EXPIRY + (_LUA / "stream_create.lua").read_text()
-APPEND_LUA = _EXPIRY + (_LUA / "stream_append.lua").read_text()
+_STAGE = (_LUA / "stream_stage.lua").read_text()
+CREATE_LUA = _EXPIRY + _STAGE + (_LUA / "stream_create.lua").read_text()
+APPEND_LUA = _EXPIRY + _STAGE + (_LUA / "stream_append.lua").read_text()
+PUBLISH_LUA = _EXPIRY + (_LUA / "stream_publish.lua").read_text()
+TOUCH_LUA = (_LUA / "stream_touch.lua").read_text()
 READ_LUA = _EXPIRY + (_LUA / "stream_read.lua").read_text()
 DELETE_LUA = (_LUA / "stream_delete.lua").read_text()
 RELEASE_LUA = (_LUA / "stream_release.lua").read_text()
-FORK_LUA = _EXPIRY + (_LUA / "stream_fork.lua").read_text()
+FORK_LUA = _EXPIRY + _STAGE + (_LUA / "stream_fork.lua").read_text()
+SETTLE_PAUSE_S = 0.1
 
 MESSAGE = "m"
 MORE = "n"  # a further message of the same request (a JSON batch)
@@ -119,9 +135,23 @@ class DurableStreamStore:
     """The doors to Durable Streams' keys; a stream is named by its topic
     (``keys.durable_topic``) and belongs to ``owner``: to anyone else it does not exist."""
 
-    def __init__(self, redis: Streams, *, retention_s: int) -> None:
+    def __init__(
+        self,
+        redis: Streams,
+        *,
+        retention_s: int,
+        replicated: bool = False,
+        replica_wait_s: float = 1.0,
+        write_retry_s: float = 30.0,
+    ) -> None:
         self.redis = redis
         self.retention_ms = retention_s * 1000
+        self.replicated = replicated
+        self.wait_ms = max(1, int(replica_wait_s * 1000))
+        self.retry_s = write_retry_s
+        self._nodes = NodeClients(redis)
+        self._publish = script(redis, PUBLISH_LUA)
+        self._touch = script(redis, TOUCH_LUA)
         self._create = script(redis, CREATE_LUA)
         self._append = script(redis, APPEND_LUA)
         self._read = script(redis, READ_LUA)
@@ -144,9 +174,11 @@ class DurableStreamStore:
     ) -> tuple[CreateStatus, EventId, bool]:
         """Create the stream, or compare with the one there: (status, tail, closed)."""
         args: list[Any] = [owner, content_type, normalized, ttl, expires_at, expires_ms]
-        args += ["1" if closed else "0", self.retention_ms, *messages]
-        reply = await self._create(keys=durable_keys(topic), args=args)
+        args += ["1" if closed else "0", self.retention_ms, self._stage_flag, *messages]
+        reply, acked = await self._write(self._create, topic, args)
         status, tail, is_closed = (_text(v) for v in reply)
+        if status != "conflict":
+            await self._settle(topic, tail, is_closed == "1", acked)
         return status, EventId.parse(tail), is_closed == "1"  # type: ignore[return-value]
 
     async def append(
@@ -172,10 +204,73 @@ class DurableStreamStore:
             )
         )
         args: list[Any] = [owner, normalized, "1" if close else "0", seq, pid, epoch, pseq]
-        args += [self.retention_ms, *messages]
-        reply = await self._append(keys=durable_keys(topic), args=args)
+        args += [self.retention_ms, self._stage_flag, *messages]
+        reply, acked = await self._write(self._append, topic, args)
         status, tail, detail = (_text(v) for v in reply)
+        if status in ("ok", "dup", "dup_closed"):
+            await self._settle(topic, tail, close or status == "dup_closed", acked)
         return Appended(status, EventId.parse(tail) if tail else EventId((0, 0)), detail)  # type: ignore[arg-type]
+
+    @property
+    def _stage_flag(self) -> str:
+        return "1" if self.replicated else "0"
+
+    async def _write(self, lua: AsyncScript, topic: str, args: list[Any]) -> tuple[Any, Any]:
+        """Run a write script; staged (``replicated``), on the key's node with a WAIT after it
+        on the same connection: (its reply, the WAIT's; None when not staged)."""
+        keys = durable_keys(topic)
+        if not self.replicated:
+            return await lua(keys=keys, args=args), None
+        _, client = self._nodes.of(keys[0])
+        try:
+            reply, acked = await run_then_wait(
+                client, lua, [(keys, args)], wait_command(self.wait_ms)
+            )
+        except (RedisError, OSError):
+            await self._nodes.refresh()
+            raise
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply, acked
+
+    async def _settle(self, topic: str, upto: str, closed: bool, acked: Any) -> None:
+        """Durability ``replicated``: once a replica holds what was staged (``acked``, the
+        staging's WAIT reply; else a write and a WAIT again), publish it, then wait for a
+        replica to hold the publish. Tried again for ``retry_s`` (a failover, a replica
+        behind); raises ``StoreUnavailable`` past that, or at once when what was staged up to
+        ``upto`` (and ``closed``) is gone: then the write was lost, and is to be made again."""
+        if not self.replicated:
+            return
+        keys = durable_keys(topic)
+        wait = wait_command(self.wait_ms)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_s
+        held = unacknowledged(acked, self.wait_ms) is None
+        error: Exception | None = None
+        while True:
+            try:
+                _, client = self._nodes.of(keys[0])
+                if not held:
+                    _, acked = await run_then_wait(client, self._touch, [(keys[:1], [])], wait)
+                    held = (error := unacknowledged(acked, self.wait_ms)) is None
+                if held:
+                    args = [upto, self.retention_ms, "1" if closed else "0"]
+                    reply, acked = await run_then_wait(client, self._publish, [(keys, args)], wait)
+                    if isinstance(reply, BaseException):
+                        raise reply
+                    if _text(reply[0]) == "lost":
+                        raise StoreUnavailable("the write was lost in a failover: send it again")
+                    if (error := unacknowledged(acked, self.wait_ms)) is None:
+                        return
+            except (RedisError, OSError) as exc:
+                error, held = exc, False
+                await self._nodes.refresh()
+            if loop.time() >= deadline:
+                raise StoreUnavailable("no replica acknowledged the write") from error
+            await asyncio.sleep(SETTLE_PAUSE_S)
+
+    async def aclose(self) -> None:
+        await self._nodes.aclose()
 
     async def read(
         self, topic: str, owner: str, after: EventId | None, count: int
@@ -254,11 +349,13 @@ class DurableStreamStore:
         args: list[Any] = [owner, spec.content_type, spec.normalized, spec.ttl, spec.expires_at]
         args += [spec.expires_ms, "1" if spec.closed else "0", self.retention_ms, spec.source]
         args += [spec.forked_from, spec.given_offset, spec.offset, spec.sub_offset]
-        args += [str(spec.tail), len(spec.copied)]
+        args += [str(spec.tail), len(spec.copied), self._stage_flag]
         for entry in spec.copied:
             args += [str(entry.id), entry.type, entry.data]
-        reply = await self._fork(keys=durable_keys(topic), args=[*args, *messages])
+        reply, acked = await self._write(self._fork, topic, [*args, *messages])
         status, tail, closed = (_text(v) for v in reply)
+        if status != "conflict":
+            await self._settle(topic, tail, closed == "1", acked)
         if status == "created":
             forks = durable_keys(spec.source)[3]
             await cast("Awaitable[int]", self.redis.sadd(forks, topic))

@@ -1,23 +1,35 @@
 -- Append to a Durable Stream and/or close it: every check, the append, the producer's and the
 -- stream's state, the expiry and the readers' wake-up (a 'c' entry on close) in one call.
--- KEYS: meta hash, entries stream, producers hash, forks set
+-- KEYS: meta hash, entries stream, producers hash, forks set, pending stream
 -- ARGV: owner, normalized content type ('' when no body), close ('1'/'0'), Stream-Seq ('' none),
---       producer id ('' none), producer epoch, producer seq, retention ms, then the messages
+--       producer id ('' none), producer epoch, producer seq, retention ms, stage ('1': durability
+--       ``replicated``, see stream_stage.lua), then the messages
 -- Returns {status, tail id, detail}: ok | missing | gone | closed | dup_closed | ct | seq |
 --         stale (detail: current epoch) | epoch_seq | gap (detail: last seq, '' when new) | dup
+-- Staged, the tail is the staged one, and a duplicate writes (stream_touch.lua's write), so
+-- the WAIT after it covers the original's staging.
 local meta = KEYS[1]
-local owner, ctn, close, seq, pid, epoch, pseq, retention =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local cur = redis.call('HMGET', meta, 'owner', 'ctn', 'closed', 'tail', 'seq', 'cb', 'gone')
+local owner, ctn, close, seq, pid, epoch, pseq, retention, stage =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9] == '1'
+local cur = redis.call('HMGET', meta, 'owner', 'ctn', 'closed', 'tail', 'seq', 'cb', 'gone',
+  'stail', 'sclosed')
 if not cur[1] or cur[1] ~= owner then return {'missing', '', ''} end
 if cur[7] then return {'gone', '', ''} end
 local tail = cur[4]
-local n = #ARGV - 8
+if stage then
+  tail = cur[8] or tail
+  if cur[9] then cur[3] = cur[9] end
+end
+local function dup(status, t, detail)
+  if stage then redis.call('HINCRBY', meta, 'w', 1) end
+  return {status, t, detail}
+end
+local n = #ARGV - 9
 if cur[3] == '1' then
   if pid ~= '' and cur[6] == pid .. '\n' .. epoch .. '\n' .. pseq then
-    return {'dup_closed', tail, pseq}
+    return dup('dup_closed', tail, pseq)
   end
-  if n == 0 and close == '1' and pid == '' then return {'ok', tail, ''} end
+  if n == 0 and close == '1' and pid == '' then return dup('ok', tail, '') end
   return {'closed', tail, ''}
 end
 if n > 0 and ctn ~= cur[2] then return {'ct', tail, ''} end
@@ -35,7 +47,7 @@ if pid ~= '' then
     if e > se then
       if s ~= 0 then return {'epoch_seq', tail, ''} end
     elseif s <= ss then
-      return {'dup', tail, st_seq}
+      return dup('dup', tail, st_seq)
     elseif s ~= ss + 1 then
       return {'gap', tail, st_seq}
     end
@@ -43,16 +55,27 @@ if pid ~= '' then
   state = epoch .. ' ' .. pseq
 end
 if seq ~= '' and cur[5] and seq <= cur[5] then return {'seq', tail, ''} end
-for i = 9, #ARGV do  -- 'm' starts a request's messages, 'n' goes on with them (JSON batches)
-  tail = redis.call('XADD', KEYS[2], '*', 't', i == 9 and 'm' or 'n', 'd', ARGV[i])
+local last = stage and stage_last(KEYS[2], KEYS[5])
+for i = 10, #ARGV do  -- 'm' starts a request's messages, 'n' goes on with them (JSON batches)
+  local kind = i == 10 and 'm' or 'n'
+  if stage then
+    last = stage_entry(KEYS[5], last, kind, ARGV[i])
+    tail = last
+  else
+    tail = redis.call('XADD', KEYS[2], '*', 't', kind, 'd', ARGV[i])
+  end
 end
-redis.call('HSET', meta, 'tail', tail)
+redis.call('HSET', meta, stage and 'stail' or 'tail', tail)
 if seq ~= '' then redis.call('HSET', meta, 'seq', seq) end
 if state then redis.call('HSET', KEYS[3], pid, state) end
 if close == '1' then
-  redis.call('HSET', meta, 'closed', '1')
+  redis.call('HSET', meta, stage and 'sclosed' or 'closed', '1')
   if pid ~= '' then redis.call('HSET', meta, 'cb', pid .. '\n' .. epoch .. '\n' .. pseq) end
-  redis.call('XADD', KEYS[2], '*', 't', 'c', 'd', '')
+  if stage then
+    stage_entry(KEYS[5], last, 'c', '')
+  else
+    redis.call('XADD', KEYS[2], '*', 't', 'c', 'd', '')
+  end
 end
 stream_expiry(meta, KEYS, retention)
 return {'ok', tail, ''}

@@ -1,24 +1,44 @@
 -- Create a Durable Stream, or confirm an existing one has the same configuration.
--- KEYS: meta hash, entries stream, producers hash, forks set
+-- KEYS: meta hash, entries stream, producers hash, forks set, pending stream
 -- ARGV: owner, content type, normalized content type, ttl ('' none), expires-at as sent ('' none),
---       expires-at ms ('' none), closed ('1'/'0'), retention ms, then the initial messages
--- Returns {'created'|'exists'|'conflict', tail id, closed}
+--       expires-at ms ('' none), closed ('1'/'0'), retention ms, stage ('1': durability
+--       ``replicated``: the messages and the close are staged, see stream_stage.lua), then the
+--       initial messages
+-- Returns {'created'|'exists'|'conflict', tail id, closed} (staged: the staged tail and close)
 local meta = KEYS[1]
-local owner, ct, ctn, ttl, exp, exp_ms, closed, retention =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local cur = redis.call('HMGET', meta, 'owner', 'ctn', 'ttl', 'exp', 'closed', 'tail', 'gone', 'fsrc')
+local owner, ct, ctn, ttl, exp, exp_ms, closed, retention, stage =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9] == '1'
+local cur = redis.call('HMGET', meta, 'owner', 'ctn', 'ttl', 'exp', 'closed', 'tail', 'gone', 'fsrc',
+  'sclosed', 'stail')
 if cur[1] then
+  if stage then
+    cur[5] = cur[9] or cur[5]
+    cur[6] = cur[10] or cur[6]
+    redis.call('HINCRBY', meta, 'w', 1)  -- so the WAIT after it covers the creation
+  end
   if not cur[7] and not cur[8] and cur[1] == owner and cur[2] == ctn and (cur[3] or '') == ttl and (cur[4] or '') == exp
       and (cur[5] or '0') == closed then
     return {'exists', cur[6], cur[5] or '0'}
   end
   return {'conflict', cur[6], cur[5] or '0'}
 end
-local tail = '0-0'
-for i = 9, #ARGV do
-  tail = redis.call('XADD', KEYS[2], '*', 't', i == 9 and 'm' or 'n', 'd', ARGV[i])
+local tail, last = '0-0', stage and stage_last(KEYS[2], KEYS[5])
+for i = 10, #ARGV do
+  local kind = i == 10 and 'm' or 'n'
+  if stage then
+    last = stage_entry(KEYS[5], last, kind, ARGV[i])
+    tail = last
+  else
+    tail = redis.call('XADD', KEYS[2], '*', 't', kind, 'd', ARGV[i])
+  end
 end
-redis.call('HSET', meta, 'owner', owner, 'ct', ct, 'ctn', ctn, 'closed', closed, 'tail', tail)
+if stage then
+  redis.call('HSET', meta, 'owner', owner, 'ct', ct, 'ctn', ctn, 'closed', '0', 'tail', '0-0',
+    'sclosed', closed, 'stail', tail)
+  if closed == '1' then stage_entry(KEYS[5], last, 'c', '') end
+else
+  redis.call('HSET', meta, 'owner', owner, 'ct', ct, 'ctn', ctn, 'closed', closed, 'tail', tail)
+end
 if ttl ~= '' then redis.call('HSET', meta, 'ttl', ttl) end
 if exp ~= '' then redis.call('HSET', meta, 'exp', exp, 'exp_ms', exp_ms) end
 stream_expiry(meta, KEYS, retention)
