@@ -15,6 +15,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
@@ -27,6 +28,7 @@ from tokenrelay.store.connections import (
     close,
     follow_primary,
     is_cluster,
+    named_primary,
 )
 from tokenrelay.store.events import StoredEvent
 from tokenrelay.wire import EventId
@@ -39,7 +41,7 @@ WAKE_PATIENCE_S = 0.5
 """How long a new job's waker tries CLIENT UNBLOCK before it resets the reader's connection."""
 RETRY_FIRST_S = 0.05
 FOLLOW_PRIMARY_S = 1.0
-"""On Sentinel: how often a reader asks the Sentinels whether it still reads the primary."""
+"""On Sentinel: how often a reader asks the Sentinels whether it reads the primary."""
 RETRY_MAX_S = 2.0
 """A failing reader retries after these pauses (doubling), or when a job is added; a read that
 works resets them."""
@@ -81,8 +83,13 @@ class NodeReader:
         self._waker: asyncio.Task[None] | None = None
         self._delay = RETRY_FIRST_S
         self._changed = asyncio.Event()
-        self._primary_at = 0.0  # when the Sentinels were last asked (``_follow_primary``)
+        self._stale = False  # the reader's connection is not to the primary the Sentinels name
         self._task = asyncio.create_task(self._run(), name=f"tokenrelay-hub-{node}")
+        self._watcher: asyncio.Task[None] | None = None
+        if isinstance(reader.connection_pool, SentinelConnectionPool):
+            self._watcher = asyncio.create_task(
+                self._watch_primary(reader.connection_pool), name=f"tokenrelay-hub-watch-{node}"
+            )
 
     def add(self, job_id: str) -> None:
         """Follow ``job_id`` too, from the next read on (interrupting a blocked one). However
@@ -165,7 +172,7 @@ class NodeReader:
         return False
 
     async def aclose(self) -> None:
-        for task in (self._waker, self._task):
+        for task in (self._waker, self._watcher, self._task):
             # Cancelled again until it ends: a cancel that lands as redis-py connects can be
             # swallowed (a timeout racing it), and the loop would then wait on forever.
             while task is not None and not task.done():
@@ -208,21 +215,30 @@ class NodeReader:
         except Exception as exc:
             log.error("hub_reroute_failed", node=self.node, error=type(exc).__name__, exc_info=exc)
 
-    async def _follow_primary(self) -> None:
-        """On Sentinel, at most every ``FOLLOW_PRIMARY_S``: move both connections to the
-        primary the Sentinels name, should a split brain have left them on another."""
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._primary_at < FOLLOW_PRIMARY_S:
-            return
-        self._primary_at = loop.time()
-        if await follow_primary(self._reader):
-            self._client_id = None
-            log.warning("hub_reader_moved", node=self.node)
-        await follow_primary(self._control)
+    async def _watch_primary(self, pool: SentinelConnectionPool) -> None:
+        """On Sentinel, every ``FOLLOW_PRIMARY_S``: is the reader's connection still to the
+        primary the Sentinels name? If not (a split brain left it on another, which takes no
+        error), cancel the read in flight; the loop moves both connections before its next."""
+        while True:
+            await asyncio.sleep(FOLLOW_PRIMARY_S)
+            with contextlib.suppress(Exception):
+                primary = await named_primary(pool)
+                connection = self._reader.connection
+                if primary is None or connection is None or not connection.is_connected:
+                    continue
+                if (connection.host, connection.port) != primary:
+                    self._stale = True
+                    if self._read is not None:
+                        self._read.cancel()
 
     async def _read_forever(self) -> None:
         while True:
-            await self._follow_primary()
+            if self._stale:
+                self._stale = False
+                self._client_id = None
+                await follow_primary(self._reader)
+                await follow_primary(self._control)
+                log.warning("hub_reader_moved", node=self.node, why="not the named primary")
             if self._client_id is None:
                 self._client_id = int(await self._reader.client_id())
             followed = self.readers.followed

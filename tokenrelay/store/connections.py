@@ -3,6 +3,7 @@ streams (job events and state; one node, or a Redis Cluster)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, TypeAlias, cast
 
@@ -10,7 +11,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from tokenrelay.redis_url import is_sentinel, parse_sentinel
 from tokenrelay.settings import Settings
@@ -46,6 +47,37 @@ def sentinel_pool(url: str, **options: Any) -> SentinelConnectionPool:
     )
 
 
+SENTINEL_ASK_S = 1.0
+"""How long ``named_primary`` waits for the Sentinels' answers."""
+
+
+async def named_primary(pool: SentinelConnectionPool) -> tuple[str, int] | None:
+    """The primary the Sentinels name now: all asked at once, for ``SENTINEL_ASK_S``; of those
+    that answer and see it up, the answer of the newest configuration epoch (a Sentinel cut off
+    from the others may still name the primary they replaced). None if none answers."""
+    manager = pool.sentinel_manager
+
+    async def ask(sentinel: Redis) -> Any:
+        return (await cast(Any, sentinel).sentinel_masters()).get(pool.service_name)
+
+    try:
+        async with asyncio.timeout(SENTINEL_ASK_S):
+            states = await asyncio.gather(
+                *(ask(s) for s in manager.sentinels), return_exceptions=True
+            )
+    except TimeoutError:
+        return None
+    up = [
+        state
+        for state in states
+        if isinstance(state, dict) and manager.check_master_state(state, pool.service_name)
+    ]
+    if not up:
+        return None
+    newest = max(up, key=lambda state: int(state.get("config-epoch", 0)))
+    return str(newest["ip"]), int(newest["port"])
+
+
 async def follow_primary(client: Streams) -> bool:
     """A Sentinel client: ask the Sentinels which node is the primary now, and drop the
     client's idle connections (and a single-connection client's own) to any other node, so its
@@ -56,15 +88,15 @@ async def follow_primary(client: Streams) -> bool:
     the new one. Not so after a second failover while the first primary still runs (Sentinels
     that lost touch with a busy primary for ``down-after-milliseconds`` promote its replica):
     until the Sentinels make it a replica, that primary takes writes nobody else reads. A
-    worker renewing its leases there would see them lapse on the real primary."""
+    worker renewing its leases there would see them lapse on the real primary. (A connection
+    in use during the call stays until a later call finds it idle.)"""
     if not isinstance(client, Redis):
         return False
     pool = client.connection_pool
     if not isinstance(pool, SentinelConnectionPool):
         return False
-    try:
-        found = await pool.sentinel_manager.discover_master(pool.service_name)
-    except (RedisError, OSError):
+    found = await named_primary(pool)
+    if found is None:
         return False
     primary = (str(found[0]), int(found[1]))
     pool.master_address = found
@@ -77,13 +109,16 @@ async def follow_primary(client: Streams) -> bool:
     idle = pool._available_connections
     dropped = [c for c in idle if stale(c)]
     pool._available_connections = [c for c in idle if c not in dropped]
-    own = client.connection
-    if own is not None and stale(own):
-        dropped.append(own)
     for connection in dropped:
         await connection.disconnect()
-        if connection is not own:
-            pool._available_connections.append(connection)
+        pool._available_connections.append(connection)
+    own = client.connection
+    if own is not None and stale(own):
+        # Not while a command of the client's own runs on it (another task's).
+        async with client._single_conn_lock:
+            if stale(own):
+                await own.disconnect()
+                dropped.append(own)
     return bool(dropped)
 
 

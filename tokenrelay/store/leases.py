@@ -138,10 +138,14 @@ class Leases(_Background):
         slots: dict[str, list[str]] = {}
         for job_id, (upstream, _) in list(self._slots.items()):
             slots.setdefault(slots_key(upstream), []).append(job_id)
-        await follow_primary(self.redis)
         try:
             await self.jobs.renew(sorted(jobs), slots, redis=self.redis)
             self.renewals += 1
+            # On Sentinel: if that went to a primary the Sentinels no longer name (a split
+            # brain), again to theirs. After the renewal, so a slow Sentinel never delays it.
+            if await follow_primary(self.redis):
+                log.warning("lease_connection_moved", jobs=len(jobs))
+                await self.jobs.renew(sorted(jobs), slots, redis=self.redis)
         except (RedisError, OSError) as exc:
             log.warning("lease_renew_failed", error=type(exc).__name__, jobs=len(jobs))
 

@@ -18,6 +18,7 @@ publishes it again, same ids, same data.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -174,11 +175,12 @@ class DurableStreamStore:
     ) -> tuple[CreateStatus, EventId, bool]:
         """Create the stream, or compare with the one there: (status, tail, closed)."""
         args: list[Any] = [owner, content_type, normalized, ttl, expires_at, expires_ms]
-        args += ["1" if closed else "0", self.retention_ms, self._stage_flag, *messages]
+        token = self._token()
+        args += ["1" if closed else "0", self.retention_ms, token, *messages]
         reply, acked = await self._write(self._create, topic, args)
-        status, tail, is_closed = (_text(v) for v in reply)
-        if status != "conflict":
-            await self._settle(topic, tail, is_closed == "1", acked)
+        status, tail, is_closed = (_text(v) for v in reply[:3])
+        kept = status != "conflict"
+        await self._settle(topic, reply, acked, kept, token, closed=kept and is_closed == "1")
         return status, EventId.parse(tail), is_closed == "1"  # type: ignore[return-value]
 
     async def append(
@@ -204,16 +206,26 @@ class DurableStreamStore:
             )
         )
         args: list[Any] = [owner, normalized, "1" if close else "0", seq, pid, epoch, pseq]
-        args += [self.retention_ms, self._stage_flag, *messages]
+        token = self._token()
+        args += [self.retention_ms, token, *messages]
         reply, acked = await self._write(self._append, topic, args)
-        status, tail, detail = (_text(v) for v in reply)
-        if status in ("ok", "dup", "dup_closed"):
-            await self._settle(topic, tail, close or status == "dup_closed", acked)
+        status, tail, detail = (_text(v) for v in reply[:3])
+        dup = status in ("dup", "dup_closed")
+        await self._settle(
+            topic,
+            reply,
+            acked,
+            status == "ok" or dup,
+            token,
+            closed=(status == "ok" and close) or status == "dup_closed",
+            producer=producer if dup else None,
+        )
         return Appended(status, EventId.parse(tail) if tail else EventId((0, 0)), detail)  # type: ignore[arg-type]
 
-    @property
-    def _stage_flag(self) -> str:
-        return "1" if self.replicated else "0"
+    def _token(self) -> str:
+        """Durability ``replicated``: the token a write's staged entries carry, by which its
+        publish knows them still there ('' when not staged)."""
+        return secrets.token_hex(8) if self.replicated else ""
 
     async def _write(self, lua: AsyncScript, topic: str, args: list[Any]) -> tuple[Any, Any]:
         """Run a write script; staged (``replicated``), on the key's node with a WAIT after it
@@ -233,14 +245,34 @@ class DurableStreamStore:
             raise reply
         return reply, acked
 
-    async def _settle(self, topic: str, upto: str, closed: bool, acked: Any) -> None:
-        """Durability ``replicated``: once a replica holds what was staged (``acked``, the
-        staging's WAIT reply; else a write and a WAIT again), publish it, then wait for a
-        replica to hold the publish. Tried again for ``retry_s`` (a failover, a replica
-        behind); raises ``StoreUnavailable`` past that, or at once when what was staged up to
-        ``upto`` (and ``closed``) is gone: then the write was lost, and is to be made again."""
-        if not self.replicated:
+    async def _settle(
+        self,
+        topic: str,
+        reply: list[Any],
+        acked: Any,
+        wrote: bool,
+        token: str,
+        *,
+        closed: bool,
+        producer: Producer | None = None,
+    ) -> None:
+        """Durability ``replicated``, after a write script's ``reply``: when it ``wrote`` (or
+        earlier writes wait to be published), once a replica holds what was staged up to the
+        reply's last staged id (``acked``, the staging's WAIT reply; else a write and a WAIT
+        again), publish it, then wait for a replica to hold the publish. Tried again for
+        ``retry_s`` (a failover, a replica behind); raises ``StoreUnavailable`` past that, or
+        at once when the write is gone (its entries under ``token``, its ``closed``, its
+        ``producer``'s state): then it was lost, and is to be made again."""
+        if len(reply) < 6:  # not staged
             return
+        upto, mine, pending = (_text(v) for v in reply[3:6])
+        if not wrote and pending != "1":
+            return
+        check = [
+            "1" if wrote and closed else "0",
+            token if wrote and mine == "1" else "",
+            *(("", "", "") if producer is None else (producer.id, producer.epoch, producer.seq)),
+        ]
         keys = durable_keys(topic)
         wait = wait_command(self.wait_ms)
         loop = asyncio.get_running_loop()
@@ -254,7 +286,7 @@ class DurableStreamStore:
                     _, acked = await run_then_wait(client, self._touch, [(keys[:1], [])], wait)
                     held = (error := unacknowledged(acked, self.wait_ms)) is None
                 if held:
-                    args = [upto, self.retention_ms, "1" if closed else "0"]
+                    args = [upto or "0-0", self.retention_ms, *check]
                     reply, acked = await run_then_wait(client, self._publish, [(keys, args)], wait)
                     if isinstance(reply, BaseException):
                         raise reply
@@ -349,17 +381,20 @@ class DurableStreamStore:
         args: list[Any] = [owner, spec.content_type, spec.normalized, spec.ttl, spec.expires_at]
         args += [spec.expires_ms, "1" if spec.closed else "0", self.retention_ms, spec.source]
         args += [spec.forked_from, spec.given_offset, spec.offset, spec.sub_offset]
-        args += [str(spec.tail), len(spec.copied), self._stage_flag]
+        token = self._token()
+        args += [str(spec.tail), len(spec.copied), token]
         for entry in spec.copied:
             args += [str(entry.id), entry.type, entry.data]
         reply, acked = await self._write(self._fork, topic, [*args, *messages])
-        status, tail, closed = (_text(v) for v in reply)
-        if status != "conflict":
-            await self._settle(topic, tail, closed == "1", acked)
-        if status == "created":
-            forks = durable_keys(spec.source)[3]
-            await cast("Awaitable[int]", self.redis.sadd(forks, topic))
-            ttl = await self.redis.pttl(durable_keys(spec.source)[0])
+        status, tail, closed = (_text(v) for v in reply[:3])
+        kept = status != "conflict"
+        await self._settle(topic, reply, acked, kept, token, closed=kept and closed == "1")
+        # Recorded with its source (again when it "exists": a first try may have failed after
+        # creating it), while the source is there.
+        source = durable_keys(spec.source)
+        ttl = await self.redis.pttl(source[0]) if kept else -2
+        if ttl != -2:
+            await cast("Awaitable[int]", self.redis.sadd(source[3], topic))
             if ttl > 0:
-                await self.redis.pexpire(forks, ttl)
+                await self.redis.pexpire(source[3], ttl)
         return status, EventId.parse(tail), closed == "1"  # type: ignore[return-value]

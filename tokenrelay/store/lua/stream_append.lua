@@ -2,15 +2,16 @@
 -- stream's state, the expiry and the readers' wake-up (a 'c' entry on close) in one call.
 -- KEYS: meta hash, entries stream, producers hash, forks set, pending stream
 -- ARGV: owner, normalized content type ('' when no body), close ('1'/'0'), Stream-Seq ('' none),
---       producer id ('' none), producer epoch, producer seq, retention ms, stage ('1': durability
---       ``replicated``, see stream_stage.lua), then the messages
+--       producer id ('' none), producer epoch, producer seq, retention ms, token (durability
+--       ``replicated``: the write is staged under it, see stream_stage.lua; '' not), then the
+--       messages
 -- Returns {status, tail id, detail}: ok | missing | gone | closed | dup_closed | ct | seq |
 --         stale (detail: current epoch) | epoch_seq | gap (detail: last seq, '' when new) | dup
--- Staged, the tail is the staged one, and a duplicate writes (stream_touch.lua's write), so
--- the WAIT after it covers the original's staging.
+-- Staged: the tail and closure are the staged ones, and the reply goes on as stage_reply's.
 local meta = KEYS[1]
-local owner, ctn, close, seq, pid, epoch, pseq, retention, stage =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9] == '1'
+local owner, ctn, close, seq, pid, epoch, pseq, retention, token =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local stage = token ~= ''
 local cur = redis.call('HMGET', meta, 'owner', 'ctn', 'closed', 'tail', 'seq', 'cb', 'gone',
   'stail', 'sclosed')
 if not cur[1] or cur[1] ~= owner then return {'missing', '', ''} end
@@ -20,46 +21,46 @@ if stage then
   tail = cur[8] or tail
   if cur[9] then cur[3] = cur[9] end
 end
-local function dup(status, t, detail)
-  if stage then redis.call('HINCRBY', meta, 'w', 1) end
+local function reply(status, t, detail, mine)
+  if stage then return stage_reply(meta, KEYS[5], {status, t, detail}, mine) end
   return {status, t, detail}
 end
 local n = #ARGV - 9
 if cur[3] == '1' then
   if pid ~= '' and cur[6] == pid .. '\n' .. epoch .. '\n' .. pseq then
-    return dup('dup_closed', tail, pseq)
+    return reply('dup_closed', tail, pseq)
   end
-  if n == 0 and close == '1' and pid == '' then return dup('ok', tail, '') end
-  return {'closed', tail, ''}
+  if n == 0 and close == '1' and pid == '' then return reply('ok', tail, '') end
+  return reply('closed', tail, '')
 end
-if n > 0 and ctn ~= cur[2] then return {'ct', tail, ''} end
+if n > 0 and ctn ~= cur[2] then return reply('ct', tail, '') end
 local state = nil
 if pid ~= '' then
   local raw = redis.call('HGET', KEYS[3], pid)
   local e, s = tonumber(epoch), tonumber(pseq)
   if not raw then
-    if s ~= 0 then return {'gap', tail, ''} end
+    if s ~= 0 then return reply('gap', tail, '') end
   else
     local sep = string.find(raw, ' ', 1, true)
     local st_epoch, st_seq = string.sub(raw, 1, sep - 1), string.sub(raw, sep + 1)
     local se, ss = tonumber(st_epoch), tonumber(st_seq)
-    if e < se then return {'stale', tail, st_epoch} end
+    if e < se then return reply('stale', tail, st_epoch) end
     if e > se then
-      if s ~= 0 then return {'epoch_seq', tail, ''} end
+      if s ~= 0 then return reply('epoch_seq', tail, '') end
     elseif s <= ss then
-      return dup('dup', tail, st_seq)
+      return reply('dup', tail, st_seq)
     elseif s ~= ss + 1 then
-      return {'gap', tail, st_seq}
+      return reply('gap', tail, st_seq)
     end
   end
   state = epoch .. ' ' .. pseq
 end
-if seq ~= '' and cur[5] and seq <= cur[5] then return {'seq', tail, ''} end
+if seq ~= '' and cur[5] and seq <= cur[5] then return reply('seq', tail, '') end
 local last = stage and stage_last(KEYS[2], KEYS[5])
 for i = 10, #ARGV do  -- 'm' starts a request's messages, 'n' goes on with them (JSON batches)
   local kind = i == 10 and 'm' or 'n'
   if stage then
-    last = stage_entry(KEYS[5], last, kind, ARGV[i])
+    last = stage_entry(KEYS[5], last, kind, ARGV[i], token)
     tail = last
   else
     tail = redis.call('XADD', KEYS[2], '*', 't', kind, 'd', ARGV[i])
@@ -72,10 +73,11 @@ if close == '1' then
   redis.call('HSET', meta, stage and 'sclosed' or 'closed', '1')
   if pid ~= '' then redis.call('HSET', meta, 'cb', pid .. '\n' .. epoch .. '\n' .. pseq) end
   if stage then
-    stage_entry(KEYS[5], last, 'c', '')
+    last = stage_entry(KEYS[5], last, 'c', '', token)
   else
     redis.call('XADD', KEYS[2], '*', 't', 'c', 'd', '')
   end
 end
+if stage then redis.call('HSET', meta, 'slast', last) end
 stream_expiry(meta, KEYS, retention)
-return {'ok', tail, ''}
+return reply('ok', tail, '', stage)
