@@ -56,16 +56,8 @@ if pid ~= '' then
   state = epoch .. ' ' .. pseq
 end
 if seq ~= '' and cur[5] and seq <= cur[5] then return reply('seq', tail, '') end
-local last = stage and stage_last(KEYS[2], KEYS[5])
-for i = 10, #ARGV do  -- 'm' starts a request's messages, 'n' goes on with them (JSON batches)
-  local kind = i == 10 and 'm' or 'n'
-  if stage then
-    last = stage_entry(KEYS[5], last, kind, ARGV[i], token)
-    tail = last
-  else
-    tail = redis.call('XADD', KEYS[2], '*', 't', kind, 'd', ARGV[i])
-  end
-end
+local last
+tail, last = write_messages(KEYS[2], KEYS[5], 10, token, tail)
 redis.call('HSET', meta, stage and 'stail' or 'tail', tail)
 if seq ~= '' then redis.call('HSET', meta, 'seq', seq) end
 if state then redis.call('HSET', KEYS[3], pid, state) end

@@ -25,16 +25,7 @@ if cur[1] then
   if stage then return stage_reply(meta, KEYS[5], {status, cur[6], cur[5] or '0'}, false) end
   return {status, cur[6], cur[5] or '0'}
 end
-local tail, last = '0-0', stage and stage_last(KEYS[2], KEYS[5])
-for i = 10, #ARGV do
-  local kind = i == 10 and 'm' or 'n'
-  if stage then
-    last = stage_entry(KEYS[5], last, kind, ARGV[i], token)
-    tail = last
-  else
-    tail = redis.call('XADD', KEYS[2], '*', 't', kind, 'd', ARGV[i])
-  end
-end
+local tail, last = write_messages(KEYS[2], KEYS[5], 10, token, '0-0')
 if stage then
   if closed == '1' then last = stage_entry(KEYS[5], last, 'c', '', token) end
   redis.call('HSET', meta, 'owner', owner, 'ct', ct, 'ctn', ctn, 'closed', '0', 'tail', '0-0',

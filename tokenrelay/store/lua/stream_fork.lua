@@ -36,17 +36,9 @@ for i = 0, n - 1 do
   local at = 17 + 3 * i
   redis.call('XADD', KEYS[2], ARGV[at], 't', ARGV[at + 1], 'd', ARGV[at + 2])
 end
-local published, last = tail, stage and stage_last(KEYS[2], KEYS[5])
+local published, last = tail, nil
 local mine = closed == '1' or #ARGV >= 17 + 3 * n
-for i = 17 + 3 * n, #ARGV do
-  local kind = i == 17 + 3 * n and 'm' or 'n'
-  if stage then
-    last = stage_entry(KEYS[5], last, kind, ARGV[i], token)
-    tail = last
-  else
-    tail = redis.call('XADD', KEYS[2], '*', 't', kind, 'd', ARGV[i])
-  end
-end
+tail, last = write_messages(KEYS[2], KEYS[5], 17 + 3 * n, token, tail)
 redis.call('HSET', meta, 'owner', owner, 'ct', ct, 'ctn', ctn, 'closed', closed, 'tail', tail,
   'src', src, 'fsrc', fsrc, 'foff', resolved, 'fsub', fsub)
 if stage then

@@ -26,6 +26,23 @@ local function stage_entry(kpend, last, kind, data, token)
   return redis.call('XADD', kpend, id, 't', kind, 'd', data, 'k', token)
 end
 
+-- Write a request's messages (ARGV[first] on): to the entries, or, with a token, staged
+-- after the newest entry. 'm' starts them, 'n' goes on with them (a JSON batch). Returns the
+-- new tail (``tail`` when there are none) and the last staged id (false when not staged).
+local function write_messages(kentries, kpend, first, token, tail)
+  local last = token ~= '' and stage_last(kentries, kpend)
+  for i = first, #ARGV do
+    local kind = i == first and 'm' or 'n'
+    if token ~= '' then
+      last = stage_entry(kpend, last, kind, ARGV[i], token)
+      tail = last
+    else
+      tail = redis.call('XADD', kentries, '*', 't', kind, 'd', ARGV[i])
+    end
+  end
+  return tail, last
+end
+
 -- A staged write's reply: ``head`` (the script's own three values), then the last staged id,
 -- whether this call staged anything, and whether anything waits to be published. Writes
 -- (``w``), so the WAIT after it covers every earlier staging of the stream, whoever made it.
